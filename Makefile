@@ -1,0 +1,56 @@
+# CareCast. `make help` lists the targets. Every target sets up what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export OMP_NUM_THREADS ?= 1
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml requirements/dev.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install the locked dependencies
+
+.PHONY: run
+run: $(STAMP) ## Simulate a hospital, ingest it into the store (./var) and print a summary
+	$(BIN)/carecast db upgrade
+	$(BIN)/carecast demo
+
+.PHONY: test
+test: lint typecheck ## Lint, type-check, then run the tests (SQLite and PostgreSQL)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+.PHONY: lint
+lint: $(STAMP) ## ruff and the import-layer contract
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
+
+.PHONY: typecheck
+typecheck: $(STAMP) ## mypy over src/
+	$(BIN)/mypy
+
+.PHONY: bench
+bench: $(STAMP) ## Benchmarks: print rates and ratios against a reference measured in the same run
+	$(BIN)/python benchmarks/ingest.py
+
+.PHONY: lock
+lock: ## Re-resolve requirements/*.lock from pyproject.toml (needs the registry)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes --extra dev pyproject.toml -o requirements/dev.lock
+	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes pyproject.toml -o requirements/main.lock
+
+.PHONY: clean
+clean: ## Remove the virtual environment and caches (keeps ./var)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,3 @@
+"""CareCast: real-time patient-outcome prediction."""
+
+__version__ = "0.1.0"

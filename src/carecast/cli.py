@@ -1,0 +1,252 @@
+"""The `carecast` command line: thin commands that parse options, call plain functions and print."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from carecast import __version__
+from carecast.config import Settings, describe
+from carecast.errors import CareCastError, ExitCode
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def handle_errors(fn: F) -> F:
+    """Turn CareCast errors into their message (safe by construction) and exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CareCastError as exc:
+            click.secho(f"error: {exc.public_message}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="carecast")
+def main() -> None:
+    """CareCast: real-time patient-outcome prediction.
+
+    Settings come from CARECAST_* environment variables (see `carecast config`).
+    """
+
+
+@main.command("config")
+@handle_errors
+def config_cmd() -> None:
+    """List every CARECAST_* setting with its default and what it does, and check the current values."""
+    _settings()  # validates the environment: a bad value names its variable
+    for name, default, doc in describe():
+        click.echo(f"{name}  (default: {default or '-'})\n    {doc}")
+
+
+# -- database ----------------------------------------------------------------------------------------------
+
+@main.group()
+def db() -> None:
+    """Database schema management (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@handle_errors
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (also done automatically on start)."""
+    from carecast.store.db import make_engine
+    from carecast.store.migrate import current_revision, upgrade
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    upgrade(engine, revision)
+    click.echo(f"database at revision {current_revision(engine)}")
+    engine.dispose()
+
+
+@db.command("current")
+@handle_errors
+def db_current() -> None:
+    """Show the database's migration revision and the newest one available."""
+    from carecast.store.db import make_engine
+    from carecast.store.migrate import current_revision, head_revision
+
+    engine = make_engine(_settings().database_url)
+    click.echo(f"current: {current_revision(engine) or '(empty)'}  head: {head_revision(engine)}")
+    engine.dispose()
+
+
+# -- keys --------------------------------------------------------------------------------------------------
+
+@main.group()
+def keys() -> None:
+    """Data-encryption keys."""
+
+
+@keys.command("generate")
+def keys_generate() -> None:
+    """Print a new random master key for CARECAST_DATA_KEY (store it in a secret manager)."""
+    from carecast.crypto import new_master_key
+
+    click.echo(new_master_key())
+
+
+# -- ingestion ---------------------------------------------------------------------------------------------
+
+def _open_store() -> Any:
+    from carecast.store import Store
+
+    return Store.open(_settings())
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--mapping", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Column mapping (TOML) for CSV files; see docs/csv-mapping.md.")
+@click.option("--report", is_flag=True, help="List quarantined records (where, field, reason) and exit.")
+@click.option("--limit", default=50, show_default=True, help="Rows shown by --report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handle_errors
+def ingest(paths: tuple[Path, ...], mapping: Path | None, report: bool, limit: int, as_json: bool) -> None:
+    """Ingest FHIR R4 (Bundle .json, bulk .ndjson), wearable .jsonl, DICOM and CSV files or directories.
+
+    Exit code 0: all accepted; 3: some records quarantined (the rest stored); 4: nothing stored.
+    """
+    from carecast.jobs.ingest import ingest_paths
+    from carecast.store import queries
+
+    store = _open_store()
+    try:
+        if report:
+            rows = queries.quarantine(store.engine, limit=limit)
+            if as_json:
+                _print_json(rows)
+            elif not rows:
+                click.echo("quarantine is empty")
+            for r in rows if not as_json else []:
+                at = f" [{r['field']}]" if r["field"] else ""
+                click.echo(f"#{r['id']} batch {r['batch_id']} {r['location']} {r['resource_type'] or ''}{at}: "
+                           f"{r['reason']}")
+            return
+        if not paths:
+            raise click.UsageError("give at least one PATH, or --report")
+        csv_mapping = None
+        if mapping is not None:
+            from carecast.ingest.tabular import load_mapping
+
+            csv_mapping = load_mapping(mapping)
+        summary = _run_ingest(ingest_paths, paths, store, csv_mapping)
+    finally:
+        store.close()
+    if as_json:
+        _print_json(summary.to_dict())
+    else:
+        _print_summary(summary)
+    sys.exit(summary.exit_code)
+
+
+def _run_ingest(ingest_paths: Callable[..., Any], paths: tuple[Path, ...], store: Any, mapping: Any) -> Any:
+    from tqdm import tqdm
+
+    with tqdm(unit=" records", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
+        return ingest_paths(list(paths), store.writer(), chunk_size=_settings().ingest_chunk, csv_mapping=mapping,
+                            progress=bar.update, on_file=lambda f: bar.set_description(f.path.name[:30]))
+
+
+def _print_summary(summary: Any) -> None:
+    for f in summary.files:
+        click.echo(f"{f.label}: {f.inserted} new, {f.updated} updated, {f.unchanged} unchanged, "
+                   f"{f.rejected} quarantined, {f.skipped} skipped (batch {f.batch_id})")
+        for reason, n in sorted(f.reasons.items(), key=lambda kv: -kv[1])[:5]:
+            click.echo(f"    {n} x {reason}")
+    d = summary.to_dict()
+    click.echo(f"total: {d['inserted']} new, {d['updated']} updated, {d['unchanged']} unchanged, "
+               f"{d['rejected']} quarantined, {d['skipped']} skipped")
+    if d["rejected"]:
+        click.echo("see `carecast ingest --report` for the quarantined records")
+
+
+# -- simulation --------------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--patients", default=200, show_default=True, help="Number of patients.")
+@click.option("--days", default=7.0, show_default=True, help="Simulated days.")
+@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same files.")
+@click.option("--wearable-share", default=0.3, show_default=True, help="Share of admissions with a wearable.")
+@click.option("--shift", type=click.Choice(["older", "sicker"]), default=None,
+              help="Shift the population (for drift tests).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output directory (FHIR NDJSON, wearables.jsonl, truth/).")
+@handle_errors
+def simulate(patients: int, days: float, seed: int, wearable_share: float, shift: str | None, out_dir: Path) -> None:
+    """Write a synthetic hospital: FHIR R4 NDJSON, wearable readings and the ground truth."""
+    summary = _simulate(patients, days, seed, wearable_share, shift, out_dir)
+    _print_json(summary.to_dict())
+
+
+def _simulate(patients: int, days: float, seed: int, wearable_share: float, shift: str | None,
+              out_dir: Path) -> Any:
+    from tqdm import tqdm
+
+    from carecast.simulate import SimulationConfig
+    from carecast.simulate import simulate as run_simulation
+
+    config = SimulationConfig(seed=seed, patients=patients, days=days, wearable_share=wearable_share, shift=shift)
+    with tqdm(total=patients, unit=" patients", disable=None, file=sys.stderr, desc="simulating") as bar:
+        return run_simulation(config, out_dir, progress=bar.update)
+
+
+@main.command()
+@click.option("--patients", default=300, show_default=True, help="Number of patients to simulate.")
+@click.option("--days", default=7.0, show_default=True, help="Simulated days.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@handle_errors
+def demo(patients: int, days: float, seed: int) -> None:
+    """Simulate a hospital, ingest it into the store and print a summary (what `make run` does)."""
+    from carecast.jobs.ingest import ingest_paths
+    from carecast.store import queries
+
+    settings = _settings()
+    out_dir = settings.data_dir / "simulated" / f"seed{seed}-p{patients}-d{days:g}"
+    if not (out_dir / "truth" / "summary.json").exists():
+        click.echo(f"simulating {patients} patients over {days:g} days into {out_dir}")
+        _simulate(patients, days, seed, 0.3, None, out_dir)
+    store = _open_store()
+    try:
+        click.echo(f"ingesting {out_dir} into {store.engine.url.render_as_string(hide_password=True)}")
+        summary = _run_ingest(ingest_paths, (out_dir,), store, None)
+        _print_summary(summary)
+        click.echo("\nstore now holds:")
+        for name, n in queries.counts(store.engine).items():
+            click.echo(f"  {name:<20} {n:>10,}")
+        outcomes = sorted(queries.outcome_counts(store.engine).items())
+        click.echo("outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes))
+        by_source = queries.observation_counts_by(store.engine, "source")
+        click.echo("observations by source: " + ", ".join(f"{k} {v:,}" for k, v in by_source.items()))
+        truth = json.loads((out_dir / "truth" / "summary.json").read_text())
+        best = truth.get("best_auroc_deterioration_24h") or truth.get("oracle_auroc")
+        if best is not None:
+            click.echo(f"simulator's best achievable AUROC for deterioration within 24 h: {float(best):.3f}")
+    finally:
+        store.close()
+    sys.exit(ExitCode.OK if summary.exit_code in (ExitCode.OK, ExitCode.PARTIAL) else summary.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

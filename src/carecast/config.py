@@ -1,0 +1,127 @@
+"""Settings: every CARECAST_* environment variable declared once, with type, default and doc.
+
+`Settings.from_env()` builds one frozen object; a bad value raises ConfigError naming the
+variable (never its value, which may be a secret).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from carecast.errors import ConfigError
+
+T = TypeVar("T")
+
+ENVIRONMENTS = ("development", "test", "production")
+
+
+@dataclass(frozen=True)
+class EnvVar(Generic[T]):
+    """One environment variable: its name, how to parse it, its default and what it does."""
+
+    name: str
+    parse: Callable[[str], T]
+    default: T | None
+    doc: str
+    secret: bool = False
+
+    def read(self, environ: Mapping[str, str]) -> T | None:
+        raw = environ.get(self.name)
+        if raw is None or raw == "":
+            return self.default
+        try:
+            return self.parse(raw)
+        except (TypeError, ValueError) as exc:
+            shown = "" if self.secret else f" (got {raw!r})"
+            raise ConfigError(f"{self.name} has an invalid value{shown}: {exc}") from None
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _database_url(raw: str) -> str:
+    if not raw.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+        raise ValueError("expected a sqlite:/// or postgresql:// URL")
+    return raw
+
+
+CARECAST_ENV = EnvVar("CARECAST_ENV", _choice(*ENVIRONMENTS), "development",
+                      "Deployment environment: development, test or production. Production refuses "
+                      "to start without an explicit data key.")
+CARECAST_DATA_DIR = EnvVar("CARECAST_DATA_DIR", Path, Path("var"),
+                           "Directory for the embedded database, key file, models and reports.")
+CARECAST_DATABASE_URL = EnvVar("CARECAST_DATABASE_URL", _database_url, None,
+                               "SQLAlchemy URL of the store. Default: SQLite (WAL) at "
+                               "$CARECAST_DATA_DIR/carecast.db. PostgreSQL: postgresql+psycopg://...")
+CARECAST_DATA_KEY = EnvVar("CARECAST_DATA_KEY", str, None,
+                           "Base64 of a 32-byte master key for field encryption and blind indexes. "
+                           "If unset, a key file is used (created on first run outside production).",
+                           secret=True)
+CARECAST_KEY_FILE = EnvVar("CARECAST_KEY_FILE", Path, None,
+                           "Path of the local keyring file (mode 0600). Default: "
+                           "$CARECAST_DATA_DIR/keys/keyring.json.")
+CARECAST_LOG_LEVEL = EnvVar("CARECAST_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info",
+                            "Log level of the structured logs: debug, info, warning or error.")
+CARECAST_INGEST_CHUNK = EnvVar("CARECAST_INGEST_CHUNK", _positive_int, 5000,
+                               "Records written per database transaction during bulk ingestion.")
+
+ALL_VARIABLES: tuple[EnvVar[Any], ...] = (
+    CARECAST_ENV, CARECAST_DATA_DIR, CARECAST_DATABASE_URL, CARECAST_DATA_KEY,
+    CARECAST_KEY_FILE, CARECAST_LOG_LEVEL, CARECAST_INGEST_CHUNK,
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration, read once. Tests build their own with `Settings.from_env({...})`."""
+
+    env: str = "development"
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    data_key: str | None = field(default=None, repr=False)
+    key_file: Path = Path("var/keys/keyring.json")
+    log_level: str = "info"
+    ingest_chunk: int = 5000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        data_dir: Path = CARECAST_DATA_DIR.read(env)  # type: ignore[assignment]
+        database_url = CARECAST_DATABASE_URL.read(env) or f"sqlite:///{data_dir / 'carecast.db'}"
+        key_file = CARECAST_KEY_FILE.read(env) or data_dir / "keys" / "keyring.json"
+        return cls(
+            env=CARECAST_ENV.read(env),  # type: ignore[arg-type]
+            data_dir=data_dir,
+            database_url=database_url,
+            data_key=CARECAST_DATA_KEY.read(env),
+            key_file=key_file,
+            log_level=CARECAST_LOG_LEVEL.read(env),  # type: ignore[arg-type]
+            ingest_chunk=CARECAST_INGEST_CHUNK.read(env),  # type: ignore[arg-type]
+        )
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(name, default, doc) of every variable, for `carecast config` and the docs."""
+    return [(v.name, "" if v.default is None else str(v.default), v.doc) for v in ALL_VARIABLES]

@@ -1,0 +1,165 @@
+"""Field-level encryption (AES-256-GCM) and keyed blind indexes (HMAC-SHA256).
+
+Every ciphertext names the key that made it, so keys can rotate: new values are written with the
+active key, old ones stay readable while their key is in the keyring. The associated data binds a
+ciphertext to its column (`context`), so a value cannot be moved to another column unnoticed.
+
+Token layout: version byte 0x01 | key-id length (1 byte) | key id (ASCII) | 12-byte nonce | ciphertext+tag.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from carecast.config import Settings
+from carecast.errors import ConfigError, DecryptionError, KeyMissingError
+
+_VERSION = 1
+_NONCE = 12
+
+
+def _derive(master: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(master)
+
+
+def key_id_for(key: bytes) -> str:
+    """A short public name for a key: the start of a hash of it (reveals nothing usable)."""
+    return hashlib.sha256(b"carecast-key-id" + key).hexdigest()[:12]
+
+
+@dataclass
+class Keyring:
+    """Data keys by id, the id of the active one, and the blind-index key."""
+
+    active_id: str
+    data_keys: dict[str, bytes]
+    index_key: bytes = field(repr=False)
+    _aead: dict[str, AESGCM] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.active_id not in self.data_keys:
+            raise ConfigError("the keyring's active key is not among its keys")
+        for kid, key in self.data_keys.items():
+            if len(key) != 32:
+                raise ConfigError(f"data key {kid} is not 32 bytes")
+            self._aead[kid] = AESGCM(key)
+
+    @classmethod
+    def from_master(cls, master: bytes) -> Keyring:
+        data_key = _derive(master, b"carecast data key v1")
+        return cls(active_id=key_id_for(data_key), data_keys={key_id_for(data_key): data_key},
+                   index_key=_derive(master, b"carecast blind index v1"))
+
+    @classmethod
+    def generate(cls) -> Keyring:
+        key = AESGCM.generate_key(bit_length=256)
+        return cls(active_id=key_id_for(key), data_keys={key_id_for(key): key},
+                   index_key=secrets.token_bytes(32))
+
+    # -- encryption -------------------------------------------------------------------------------
+    def encrypt(self, plaintext: str, context: str) -> bytes:
+        kid = self.active_id.encode("ascii")
+        nonce = os.urandom(_NONCE)
+        sealed = self._aead[self.active_id].encrypt(nonce, plaintext.encode("utf-8"), context.encode())
+        return bytes((_VERSION, len(kid))) + kid + nonce + sealed
+
+    def decrypt(self, token: bytes, context: str) -> str:
+        if len(token) < 2 or token[0] != _VERSION:
+            raise DecryptionError("ciphertext has an unknown format")
+        n = token[1]
+        kid = token[2 : 2 + n].decode("ascii", errors="replace")
+        aead = self._aead.get(kid)
+        if aead is None:
+            raise DecryptionError(f"ciphertext was made with key {kid}, which is not in the keyring")
+        nonce = token[2 + n : 2 + n + _NONCE]
+        try:
+            return aead.decrypt(nonce, token[2 + n + _NONCE :], context.encode()).decode("utf-8")
+        except InvalidTag:
+            raise DecryptionError(f"ciphertext failed authentication for {context}") from None
+
+    @staticmethod
+    def key_id_of(token: bytes) -> str:
+        return token[2 : 2 + token[1]].decode("ascii", errors="replace")
+
+    # -- keyed hashes -----------------------------------------------------------------------------
+    def blind_index(self, value: str, context: str) -> str:
+        """Deterministic keyed hash for equality lookups (MRN, device serial, natural keys)."""
+        mac = hmac.new(self.index_key, context.encode() + b"\x00" + value.encode("utf-8"), hashlib.sha256)
+        return mac.hexdigest()[:32]
+
+    # -- persistence ------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps({
+            "version": 1,
+            "active": self.active_id,
+            "data_keys": {k: base64.b64encode(v).decode() for k, v in self.data_keys.items()},
+            "index_key": base64.b64encode(self.index_key).decode(),
+        }, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Keyring:
+        try:
+            doc = json.loads(text)
+            return cls(active_id=doc["active"],
+                       data_keys={k: base64.b64decode(v) for k, v in doc["data_keys"].items()},
+                       index_key=base64.b64decode(doc["index_key"]))
+        except (KeyError, ValueError, TypeError, binascii.Error):
+            raise ConfigError("the key file is not a valid CareCast keyring") from None
+
+
+def write_key_file(path: Path, keyring: Keyring) -> None:
+    """Write a keyring readable by its owner only (mode 0600), never through a wider mode."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(keyring.to_json())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def load_keyring(settings: Settings, *, create: bool = True) -> Keyring:
+    """The keyring from CARECAST_DATA_KEY, else from the key file, else a new key file.
+
+    Production never creates a key: it refuses to start without one.
+    """
+    if settings.data_key:
+        try:
+            master = base64.b64decode(settings.data_key, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("CARECAST_DATA_KEY is not valid base64") from None
+        if len(master) < 32:
+            raise ConfigError("CARECAST_DATA_KEY must decode to at least 32 bytes")
+        return Keyring.from_master(master)
+    path = settings.key_file
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(f"key file {path} is readable by others (mode {mode:o}); chmod 600 it")
+        return Keyring.from_json(path.read_text(encoding="utf-8"))
+    if settings.is_production or not create:
+        raise KeyMissingError(
+            "no data key: set CARECAST_DATA_KEY or provide CARECAST_KEY_FILE "
+            "(production never creates one)")
+    keyring = Keyring.generate()
+    write_key_file(path, keyring)
+    return keyring
+
+
+def new_master_key() -> str:
+    """A fresh base64 master key, for `carecast keys generate`."""
+    return base64.b64encode(secrets.token_bytes(32)).decode()

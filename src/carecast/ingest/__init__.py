@@ -1,0 +1,1 @@
+"""Outside formats -> domain records. Validates, never writes (see README.md)."""
