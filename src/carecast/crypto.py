@@ -97,9 +97,9 @@ class Keyring:
 
     # -- keyed hashes -----------------------------------------------------------------------------
     def blind_index(self, value: str, context: str) -> str:
-        """Deterministic keyed hash for equality lookups (MRN, device serial, natural keys)."""
-        mac = hmac.new(self.index_key, context.encode() + b"\x00" + value.encode("utf-8"), hashlib.sha256)
-        return mac.hexdigest()[:32]
+        """Deterministic keyed hash (HMAC-SHA256, truncated to 128 bits) for equality lookups:
+        MRN, device serial, natural keys."""
+        return hmac.digest(self.index_key, (context + "\x00" + value).encode("utf-8"), "sha256")[:16].hex()
 
     # -- persistence ------------------------------------------------------------------------------
     def to_json(self) -> str:

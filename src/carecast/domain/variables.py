@@ -80,6 +80,11 @@ def by_loinc() -> dict[str, Variable]:
         "6298-4": "potassium",  # potassium in blood
         "2519-7": "lactate",  # lactate in blood
         "41950-7": "steps",  # steps in 24 hours
+        "1963-8": "bicarbonate",  # bicarbonate in serum or plasma
+        "75241-0": "procalcitonin",
+        "33914-3": "egfr",  # eGFR (MDRD)
+        "62238-1": "egfr",  # eGFR (CKD-EPI)
+        "11580-8": "acvpu",  # level of responsiveness (AVPU)
     }
     for code, name in aliases.items():
         table.setdefault(code, catalogue()[name])
@@ -106,6 +111,38 @@ def conversion(variable: Variable, unit: str) -> Conversion | None:
     if generic is not None and generic.to_unit == variable.unit:
         return generic
     return None
+
+
+@cache
+def _coded_answers() -> tuple[dict[tuple[str, str, str], float], dict[str, list[tuple[str, float]]]]:
+    by_code: dict[tuple[str, str, str], float] = {}
+    by_text: dict[str, list[tuple[str, float]]] = {}
+    for row in _read_csv("coded_answers.csv"):
+        if row["code"]:
+            by_code[(row["variable"], row["system"], row["code"])] = float(row["value"])
+        else:
+            by_text.setdefault(row["variable"], []).append((row["text"], float(row["value"])))
+    return by_code, by_text
+
+
+def coded_value(variable: Variable, codings: list[tuple[str, str]], text: str | None) -> float | None:
+    """The numeric value of a coded answer (e.g. ACVPU "Voice" -> 2), or None if not recognised.
+    Codes are tried first, then words in the displays and text."""
+    by_code, by_text = _coded_answers()
+    for system, code in codings:
+        hit = by_code.get((variable.name, system, code))
+        if hit is not None:
+            return hit
+    words = " ".join(t for t in (text,) if t).lower()
+    for fragment, value in by_text.get(variable.name, []):
+        if fragment in words:
+            return value
+    return None
+
+
+def has_coded_answers(variable: Variable) -> bool:
+    by_code, by_text = _coded_answers()
+    return variable.name in by_text or any(k[0] == variable.name for k in by_code)
 
 
 # Blood pressure panels carry systolic and diastolic as components.

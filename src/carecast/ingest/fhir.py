@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,10 @@ IGNORED = frozenset({
     "FamilyMemberHistory", "Composition", "RelatedPerson", "Appointment", "EpisodeOfCare", "QuestionnaireResponse",
     "Group", "List", "Basic", "MedicationDispense", "NutritionOrder", "RiskAssessment", "Flag", "Task",
 })
+# Every other FHIR R4 resource type is acknowledged and skipped; a name that is not an R4 resource
+# type at all is rejected.
+R4_RESOURCE_TYPES = frozenset(
+    (files("carecast.ingest") / "fhir_r4_resource_types.txt").read_text(encoding="utf-8").split())
 BUNDLE_TYPES_ENTRYWISE = frozenset({"batch", "collection", "searchset"})
 
 MRN_SYSTEM_HINT = re.compile(r"mrn|medical.?record", re.IGNORECASE)
@@ -78,6 +83,11 @@ class Refs:
         self.full_urls = full_urls or {}
 
     def resolve(self, value: Any, path: str, expected: str | None = None) -> str:
+        ref = value.get("reference") if type(value) is dict else None
+        # Fast path, the common case in bulk data: a plain "Type/id" of the expected type.
+        if expected and type(ref) is str and ref.count("/") == 1 and ref.startswith(expected) \
+                and ref[len(expected)] == "/" and len(ref) > len(expected) + 1:
+            return ref
         ref = as_str(as_dict(value, path).get("reference"), f"{path}.reference")
         if ref in self.full_urls:
             ref = self.full_urls[ref]
@@ -284,7 +294,7 @@ def decode_observation(res: dict[str, Any], refs: Refs) -> list[Record]:
     source: Source = "wearable" if device else "fhir"
     serial = device.split("/", 1)[1] if device else None
     base = f"Observation/{rid}"
-    if any(code in V.BLOOD_PRESSURE_PANELS for code in loincs) or ("component" in res and "valueQuantity" not in res):
+    if not V.BLOOD_PRESSURE_PANELS.isdisjoint(loincs) or ("component" in res and "valueQuantity" not in res):
         out: list[Record] = []
         for i, comp in enumerate(as_list(res.get("component", []), "component")):
             comp = as_dict(comp, f"component[{i}]")
@@ -305,11 +315,29 @@ def decode_observation(res: dict[str, Any], refs: Refs) -> list[Record]:
     var = next((table[c] for c in loincs if c in table), None)
     if var is None:
         raise FieldProblem("code.coding", "no LOINC code that CareCast maps (see variables.csv)")
-    value, unit = _quantity(res, "")
+    value, unit = _value(res, var)
     return [observation(
         natural_key=base, patient_ref=patient, variable=var, code_system=V.LOINC, code=var.loinc, value=value,
         unit=unit, effective_at=when, source=source, encounter_ref=encounter, device_serial=serial,
         value_path="valueQuantity.value", unit_path="valueQuantity.code")]
+
+
+def _value(res: dict[str, Any], var: V.Variable) -> tuple[float, str | None]:
+    """valueQuantity; valueInteger for scores; valueCodeableConcept for coded scales (ACVPU)."""
+    if "valueQuantity" in res:
+        return _quantity(res, "")
+    if "valueInteger" in res and var.unit.startswith("{"):
+        return as_number(res["valueInteger"], "valueInteger"), var.unit
+    if "valueCodeableConcept" in res and V.has_coded_answers(var):
+        concept = as_dict(res["valueCodeableConcept"], "valueCodeableConcept")
+        codings = _codings(concept, "valueCodeableConcept")
+        texts = [str(c.get("display")) for c in codings if c.get("display")] + [str(concept.get("text") or "")]
+        value = V.coded_value(var, [(str(c.get("system", "")), str(c.get("code", ""))) for c in codings],
+                              " ".join(texts))
+        if value is None:
+            raise FieldProblem("valueCodeableConcept", f"not an answer CareCast knows for {var.name}")
+        return value, var.unit
+    return _quantity(res, "")
 
 
 def _quantity(holder: dict[str, Any], prefix: str) -> tuple[float, str | None]:
@@ -416,7 +444,7 @@ def decode_resource(res: Any, refs: Refs | None = None) -> list[Record] | None:
         raise FieldProblem("resourceType", "required field is missing")
     decoder = DECODERS.get(rtype)
     if decoder is None:
-        if rtype in IGNORED:
+        if rtype in IGNORED or rtype in R4_RESOURCE_TYPES:
             return None
         raise FieldProblem("resourceType", f"{rtype[:40]} is not a resource type CareCast reads")
     return decoder(res, refs or Refs())

@@ -137,3 +137,49 @@ def test_ndjson_chunks_and_line_locations(tmp_path: Path) -> None:
     rejections = [r for u in units for r in u.rejections]
     assert [r.where for r in rejections] == ["Observation.ndjson:line 4"]
     assert units[0].locations[0] == "Observation.ndjson:line 1"
+
+
+@pytest.mark.parametrize(("concept", "expected"), [
+    ({"coding": [{"system": "http://snomed.info/sct", "code": "248234008", "display": "Alert"}]}, 0.0),
+    ({"coding": [{"system": "http://snomed.info/sct", "code": "450847001"}]}, 2.0),
+    ({"text": "Responds to pain"}, 3.0),
+    ({"text": "New confusion"}, 1.0),
+])
+def test_acvpu_coded_answers(concept: dict, expected: float) -> None:
+    res = F.vital("c1", "80288-4", 0, "{score}")
+    del res["valueQuantity"]
+    res["valueCodeableConcept"] = concept
+    records = decode_resource(res)
+    assert records is not None
+    (obs,) = records
+    assert isinstance(obs, ObservationRecord)
+    assert obs.variable == "acvpu" and obs.value == expected
+
+
+def test_unknown_coded_answer_is_rejected() -> None:
+    res = F.vital("c1", "80288-4", 0, "{score}")
+    del res["valueQuantity"]
+    res["valueCodeableConcept"] = {"text": "sleepy"}
+    with pytest.raises(FieldProblem) as info:
+        decode_resource(res)
+    assert info.value.field == "valueCodeableConcept"
+
+
+def test_value_integer_for_scores_only() -> None:
+    res = F.vital("g1", "9269-2", 0, "{score}")
+    del res["valueQuantity"]
+    res["valueInteger"] = 14
+    records = decode_resource(res)
+    assert records is not None and isinstance(records[0], ObservationRecord) and records[0].value == 14
+    hr = F.vital("h1", "8867-4", 0, "/min")
+    del hr["valueQuantity"]
+    hr["valueInteger"] = 80
+    with pytest.raises(FieldProblem):
+        decode_resource(hr)
+
+
+def test_other_r4_types_are_skipped_but_non_types_rejected() -> None:
+    assert decode_resource({"resourceType": "Endpoint", "id": "x"}) is None
+    with pytest.raises(FieldProblem) as info:
+        decode_resource({"resourceType": "Spaceship", "id": "x"})
+    assert info.value.field == "resourceType"
