@@ -150,3 +150,58 @@ def test_mrn_reference_resolves_through_blind_index(store: Store, tmp_path: Path
     summary = ingest_paths([tmp_path], store.writer())
     assert summary.exit_code == ExitCode.OK, summary.to_dict()
     assert _count(store, S.Observation) == 1
+
+
+def test_dicom_links_by_mrn_and_encrypts_identifiers(store: Store, tmp_path: Path) -> None:
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    src = Path(str(get_testdata_file("CT_small.dcm", download=False)))
+    ds = pydicom.dcmread(src, stop_before_pixels=True)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(src, scans / "ct.dcm")
+    (scans / "not-a-scan.dcm").write_text("hello")
+    # Unknown patient first: quarantined with the tag named, nothing stored.
+    summary = ingest_paths([scans], store.writer())
+    assert summary.total("inserted") == 0
+    reasons = {(r["field"], r["location"]) for r in queries.quarantine(store.engine)}
+    assert ("PatientID", "ct.dcm") in reasons
+    assert any(field and loc == "not-a-scan.dcm" for field, loc in reasons)
+    # Once the patient exists, the same file links to it by MRN.
+    _write_ndjson(tmp_path / "Patient.ndjson", [F.patient("px", mrn=str(ds.PatientID))])
+    ingest_paths([tmp_path / "Patient.ndjson"], store.writer())
+    summary = ingest_paths([scans / "ct.dcm"], store.writer())
+    assert summary.total("inserted") == 1, summary.to_dict()
+    with store.engine.connect() as conn:
+        study = conn.execute(select(S.ImagingStudy)).one()
+        series = conn.execute(select(S.ImagingSeries)).all()
+    assert study.modality == "CT" and study.source == "dicom" and len(series) == 1
+    assert store.keyring.decrypt(study.study_uid_enc, "imaging_studies.study_uid") == str(ds.StudyInstanceUID)
+    # Replaying the file changes nothing.
+    assert ingest_paths([scans / "ct.dcm"], store.writer()).total("inserted") == 0
+
+
+def test_csv_with_mapping(store: Store, tmp_path: Path) -> None:
+    from carecast.ingest.tabular import parse_mapping
+
+    _write_ndjson(tmp_path / "Patient.ndjson", [F.patient("p1", mrn="CSV-1")])
+    ingest_paths([tmp_path / "Patient.ndjson"], store.writer())
+    csv_path = tmp_path / "vitals.csv"
+    csv_path.write_text("mrn,charted,hr,temp_f\nCSV-1,2026-01-05 08:00,88,99.5\nCSV-1,2026-01-05 09:00,abc,\n")
+    mapping = parse_mapping({
+        "name": "ward-export",
+        "patient": {"column": "mrn", "kind": "mrn"},
+        "time": {"column": "charted", "format": "%Y-%m-%d %H:%M", "timezone": "America/New_York"},
+        "columns": {"hr": {"variable": "heart_rate", "unit": "/min"},
+                    "temp_f": {"variable": "temperature", "unit": "[degF]"}},
+    })
+    summary = ingest_paths([csv_path], store.writer(), csv_mapping=mapping)
+    assert summary.exit_code == ExitCode.PARTIAL, summary.to_dict()
+    assert summary.total("inserted") == 2 and summary.total("rejected") == 1
+    with store.engine.connect() as conn:
+        rows = {r.variable: r for r in conn.execute(select(S.Observation))}
+    assert abs(rows["temperature"].value - 37.5) < 1e-9
+    assert rows["heart_rate"].effective_at.isoformat() == "2026-01-05T13:00:00+00:00"
