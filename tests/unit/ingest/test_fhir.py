@@ -6,11 +6,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from tests import factories as F
 
 from carecast.domain.records import EncounterRecord, ObservationRecord, OutcomeRecord, PatientRecord
 from carecast.ingest.common import FieldProblem
 from carecast.ingest.fhir import Refs, decode_bundle, decode_ndjson, decode_resource
-from tests import factories as F
 
 
 def test_patient_identifiers_and_demographics() -> None:

@@ -7,12 +7,12 @@ from typing import Any
 
 import orjson
 from sqlalchemy import func, select
+from tests import factories as F
 
 from carecast.errors import ExitCode
 from carecast.jobs.ingest import ingest_paths
 from carecast.store import Store, queries
 from carecast.store import schema as S
-from tests import factories as F
 
 
 def _write_ndjson(path: Path, resources: list[dict[str, Any]]) -> Path:

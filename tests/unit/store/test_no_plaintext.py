@@ -8,11 +8,11 @@ from pathlib import Path
 import orjson
 import pytest
 from sqlalchemy import select
+from tests import factories as F
 
 from carecast.jobs.ingest import ingest_paths
 from carecast.store import Store
 from carecast.store import schema as S
-from tests import factories as F
 
 SEEDED = [v for k, v in F.SECRET_IDENTIFIERS.items()]
 
