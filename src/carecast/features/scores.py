@@ -60,6 +60,8 @@ __all__ = [
     "News2Result",
     "QsofaResult",
     "charlson",
+    "charlson_categories",
+    "charlson_from_categories",
     "lace",
     "news2",
     "news2_frame",
@@ -445,6 +447,29 @@ def _charlson_table() -> _CharlsonTable:
         if superseding not in weights or superseded not in weights:
             raise ValueError("charlson_icd10.csv: a category named in the hierarchy rules is missing")
     return _CharlsonTable(weights, prefixes, tuple(sorted({len(prefix) for prefix in prefixes})))
+
+
+def charlson_categories() -> tuple[str, ...]:
+    """The Charlson categories of the code table, sorted."""
+    return tuple(sorted(_charlson_table().weights))
+
+
+def charlson_categories_of(code: str) -> frozenset[str]:
+    """The Charlson categories one ICD-10 code falls in, before the hierarchy rules."""
+    table = _charlson_table()
+    normalised = _normalise_icd10(code)
+    return frozenset(category for length in table.prefix_lengths if len(normalised) >= length
+                     if (category := table.prefixes.get(normalised[:length])) is not None)
+
+
+def charlson_from_categories(present: Iterable[str]) -> int:
+    """The index from categories already found (the hierarchy rules are applied here)."""
+    table = _charlson_table()
+    found = set(present)
+    for superseding, superseded in CHARLSON_HIERARCHY.items():
+        if superseding in found:
+            found.discard(superseded)
+    return sum(table.weights[c] for c in found)
 
 
 def _normalise_icd10(code: str) -> str:
