@@ -43,12 +43,13 @@ typecheck: $(STAMP) ## mypy over src/
 .PHONY: bench
 bench: $(STAMP) ## Benchmarks: print rates and ratios against a reference measured in the same run
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/simulate.py
 
 .PHONY: lock
 lock: ## Re-resolve requirements/*.lock from pyproject.toml (needs the registry)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes --extra dev pyproject.toml -o requirements/dev.lock
+	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes --extra dev --extra support2 pyproject.toml -o requirements/dev.lock
 	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes pyproject.toml -o requirements/main.lock
 
 .PHONY: clean

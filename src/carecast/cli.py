@@ -189,7 +189,7 @@ def _print_summary(summary: Any) -> None:
 @click.option("--days", default=7.0, show_default=True, help="Simulated days.")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same files.")
 @click.option("--wearable-share", default=0.3, show_default=True, help="Share of admissions with a wearable.")
-@click.option("--shift", type=click.Choice(["older", "sicker"]), default=None,
+@click.option("--shift", type=click.Choice(["older", "sicker", "covid"]), default=None,
               help="Shift the population (for drift tests).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output directory (FHIR NDJSON, wearables.jsonl, truth/).")
@@ -207,7 +207,10 @@ def _simulate(patients: int, days: float, seed: int, wearable_share: float, shif
     from carecast.simulate import SimulationConfig
     from carecast.simulate import simulate as run_simulation
 
-    config = SimulationConfig(seed=seed, patients=patients, days=days, wearable_share=wearable_share, shift=shift)
+    try:
+        config = SimulationConfig(seed=seed, patients=patients, days=days, wearable_share=wearable_share, shift=shift)
+    except ValueError as exc:  # a bad option, named by the simulator's own message
+        raise click.UsageError(str(exc)) from None
     with tqdm(total=patients, unit=" patients", disable=None, file=sys.stderr, desc="simulating") as bar:
         return run_simulation(config, out_dir, progress=bar.update)
 
@@ -246,6 +249,136 @@ def demo(patients: int, days: float, seed: int) -> None:
     finally:
         store.close()
     sys.exit(ExitCode.OK if summary.exit_code in (ExitCode.OK, ExitCode.PARTIAL) else summary.exit_code)
+
+
+# -- models ------------------------------------------------------------------------------------------------
+
+def _registry() -> Any:
+    from carecast.models.registry import Registry
+
+    return Registry(_settings().model_registry)
+
+
+def _progress_printer() -> Callable[[str], None]:
+    def say(message: str) -> None:
+        click.echo(f"  .. {message}", err=True)
+
+    return say
+
+
+def _metric(report: dict[str, Any], key: str) -> str:
+    m = report["metrics"][key]
+    return f"{m['value']:.3f} (95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f})"
+
+
+@main.command()
+@click.option("--task", type=click.Choice(["deterioration_24h", "inhospital_mortality", "readmission_30d",
+                                           "long_stay_7d"]), help="Outcome task trained on the store's data.")
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Simulator truth/risk.csv: report the best achievable AUROC beside the model's.")
+@click.option("--table", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Train on a CSV table instead of the store (needs --target and --id-column).")
+@click.option("--target", help="Outcome column of --table (0/1).")
+@click.option("--id-column", help="Patient id column of --table (the split is by patient).")
+@click.option("--drop", default="", help="Comma-separated columns of --table that must never be features.")
+@click.option("--time-column", help="Column of --table ordering rows in time (test on the latest).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--bootstrap", default=500, show_default=True, help="Bootstrap resamples for the 95% CIs.")
+@handle_errors
+def train(task: str | None, truth: Path | None, table: Path | None, target: str | None, id_column: str | None,
+          drop: str, time_column: str | None, seed: int, bootstrap: int) -> None:
+    """Train, calibrate and validate a model; save it with its card and report in the registry.
+
+    Prints a JSON summary with the AUROC and its 95% CI. The first model of a task becomes champion;
+    later ones become challenger (promote with `carecast models promote`).
+    """
+    if table is not None:
+        from carecast.models.tabular import train_table
+
+        if not target or not id_column:
+            raise click.UsageError("--table needs --target and --id-column")
+        out = train_table(table, target=target, id_column=id_column,
+                          drop=[c for c in drop.split(",") if c.strip()], time_column=time_column, seed=seed,
+                          n_boot=bootstrap, registry=_registry(), progress=_progress_printer())
+        _print_json(out)
+        return
+    if task is None:
+        raise click.UsageError("give --task (or --table)")
+    from carecast.jobs.training import run_training
+
+    store = _open_store()
+    try:
+        run = run_training(store, _registry(), task, truth_csv=truth, seed=seed, n_boot=bootstrap,
+                           progress=_progress_printer())
+    finally:
+        store.close()
+    report = run.result.report
+    summary = {
+        "task": task, "version": run.version, "alias": run.alias, "model": report["chosen"],
+        "n_train": report["n_train"], "n_test": report["n_test"],
+        "auroc": report["metrics"]["auroc"], "auprc": report["metrics"]["auprc"],
+        "brier": report["metrics"]["brier"], "calibration_slope": report["metrics"]["calibration_slope"],
+        "baselines_auroc": {k: v["auroc"] for k, v in report["baselines"].items()},
+        "oracle_auroc": report.get("oracle", {}).get("auroc"),
+        "training_seconds": round(report["training_seconds"], 1),
+    }
+    _print_json(summary)
+    click.echo(f"AUROC {_metric(report, 'auroc')}; report in the registry under {task}/{run.version}/report/",
+               err=True)
+
+
+@main.group()
+def models() -> None:
+    """The model registry: list, show, promote, roll back."""
+
+
+@models.command("list")
+@click.option("--task", help="Only this task.")
+@handle_errors
+def models_list(task: str | None) -> None:
+    """List model versions with their AUROC and aliases."""
+    reg = _registry()
+    for t in [task] if task else reg.tasks():
+        aliases = reg.aliases(t)
+        for version in reg.versions(t):
+            card = reg.card(t, version)
+            tags = ",".join(a for a in ("champion", "challenger") if aliases.get(a) == version)
+            auroc = card.get("metrics", {}).get("auroc", {}).get("value")
+            click.echo(f"{t:<22} {version:<26} {card.get('estimator', ''):<24} "
+                       f"AUROC {auroc if auroc is None else f'{auroc:.3f}'}  {tags}")
+
+
+@models.command("show")
+@click.argument("task")
+@click.argument("version", default="champion")
+@handle_errors
+def models_show(task: str, version: str) -> None:
+    """Print the model card of VERSION (a version id, champion or challenger)."""
+    card = _registry().card(task, version)
+    card = {k: v for k, v in card.items() if k != "reference"}
+    _print_json(card)
+
+
+@models.command("promote")
+@click.argument("task")
+@click.argument("version")
+@click.option("--alias", type=click.Choice(["champion", "challenger"]), default="champion", show_default=True)
+@click.option("--reason", default="", help="Why (recorded in the alias history).")
+@handle_errors
+def models_promote(task: str, version: str, alias: str, reason: str) -> None:
+    """Point ALIAS (champion by default) at VERSION."""
+    data = _registry().promote(task, version, alias, reason=reason)
+    click.echo(f"{task}: {alias} is now {data[alias]}")
+
+
+@models.command("rollback")
+@click.argument("task")
+@click.option("--reason", default="rollback", help="Why (recorded in the alias history).")
+@handle_errors
+def models_rollback(task: str, reason: str) -> None:
+    """Make the previous champion champion again."""
+    data = _registry().rollback(task, reason=reason)
+    click.echo(f"{task}: champion is now {data['champion']}")
 
 
 if __name__ == "__main__":  # pragma: no cover
