@@ -243,7 +243,7 @@ def demo(patients: int, days: float, seed: int) -> None:
         by_source = queries.observation_counts_by(store.engine, "source")
         click.echo("observations by source: " + ", ".join(f"{k} {v:,}" for k, v in by_source.items()))
         truth = json.loads((out_dir / "truth" / "summary.json").read_text())
-        best = truth.get("best_auroc_deterioration_24h") or truth.get("oracle_auroc")
+        best = truth.get("summary", {}).get("best_auroc_deterioration_24h")
         if best is not None:
             click.echo(f"simulator's best achievable AUROC for deterioration within 24 h: {float(best):.3f}")
     finally:

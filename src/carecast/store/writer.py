@@ -380,18 +380,16 @@ class ClinicalWriter:
         return int(row[0]) if row else None
 
     def _store_outcome(self, ctx: _Ctx, key: str, pid: int, eid: int | None, kind: str, when: datetime) -> None:
+        """Outcomes are derived from input records (a death from a Patient, a transfer from an Encounter),
+        so they are not counted as records of their own in the ingest totals."""
         t = S.table(S.Outcome)
         row = ctx.conn.execute(select(t.c.id, t.c.occurred_at, t.c.encounter_id)
                                .where(t.c.source_key == key)).first()
         if row is None:
             ctx.conn.execute(insert(t).values(source_key=key, patient_id=pid, encounter_id=eid, kind=kind,
                                               occurred_at=when, batch_id=ctx.batch_id))
-            ctx.result.inserted += 1
         elif row.occurred_at != when or row.encounter_id != eid:
             ctx.conn.execute(update(t).where(t.c.id == row.id).values(occurred_at=when, encounter_id=eid))
-            ctx.result.updated += 1
-        else:
-            ctx.result.unchanged += 1
 
     _handlers: ClassVar[dict[type, Any]] = {
         PatientRecord: _write_patient, EncounterRecord: _write_encounter, ConditionRecord: _write_condition,
