@@ -147,7 +147,10 @@ class Device(Base):
 
 
 class Observation(Base):
-    """A vital sign, lab result or wearable reading, in the variable's canonical UCUM unit."""
+    """A vital sign, lab result or wearable reading, in the variable's canonical UCUM unit.
+
+    No content hash here (unlike the other tables): a re-sent reading is compared column by column
+    with the stored one, which spares the bulk path a keyed hash per reading."""
 
     __tablename__ = "observations"
     __table_args__ = (
@@ -155,7 +158,6 @@ class Observation(Base):
     )
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     source_key: Mapped[str] = mapped_column(KEY, unique=True)
-    content_hash: Mapped[str] = mapped_column(KEY)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
     encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"))
     variable: Mapped[str] = mapped_column(String(32))

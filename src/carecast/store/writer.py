@@ -8,7 +8,6 @@ then a single executemany insert and update.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import uuid
 from collections import defaultdict
@@ -425,36 +424,34 @@ class ClinicalWriter:
         # this loop is the hot path of bulk ingestion.
         rows: dict[str, tuple[Any, ...]] = {}
         now = _driver_time(_now(), sqlite)
-        content_hash = self._content_hash
+        patient_ids = self._patient_ids
+        source_key = self.source_key
         for rec, loc in items:
             try:
-                pid = self._patient_id(conn, rec.patient_ref)
+                pid = patient_ids.get(rec.patient_ref) or self._patient_id(conn, rec.patient_ref)
                 eid = self._encounter_id(conn, rec.encounter_ref) if rec.encounter_ref else None
                 did = self._device_id(conn, rec.device_serial) if rec.device_serial else None
             except _Unresolved as problem:
                 result.rejections.append(Rejection(where=loc, reason=problem.reason, field=problem.field,
                                                    resource_type="Observation", raw=ctx.unit.raw.get(loc)))
                 continue
-            key = self.source_key(rec.natural_key)
+            key = source_key(rec.natural_key)
             if key in rows:
                 result.unchanged += 1  # the same reading twice in one chunk: keep the last
-            when = rec.effective_at
-            rows[key] = (
-                key, content_hash(f"{rec.value!r}|{rec.unit}|{when.timestamp()!r}|{rec.code}|{eid}|{did}|{pid}"),
-                pid, eid, rec.variable, rec.code_system, rec.code, rec.value, rec.unit,
-                _driver_time(when, sqlite), rec.source, rec.category, did, ctx.batch_id, now,
-            )
+            rows[key] = (key, pid, eid, rec.variable, rec.code_system, rec.code, rec.value, rec.unit,
+                         _driver_time(rec.effective_at, sqlite), rec.source, rec.category, did, ctx.batch_id, now)
         if not rows:
             return
         t = S.table(S.Observation)
+        compared = [t.c[name] for name in _OBS_COMPARED]
         keys = list(rows)
-        existing: dict[str, str] = {}
+        existing: dict[str, tuple[Any, ...]] = {}
         for i in range(0, len(keys), _IN_CHUNK):
             part = keys[i : i + _IN_CHUNK]
-            existing.update(conn.execute(select(t.c.source_key, t.c.content_hash)
-                                         .where(t.c.source_key.in_(part))).all())
+            for r in conn.execute(select(t.c.source_key, *compared).where(t.c.source_key.in_(part))):
+                existing[r[0]] = tuple(r[1:])
         new = [r for k, r in rows.items() if k not in existing]
-        changed = [r for k, r in rows.items() if k in existing and existing[k] != r[1]]
+        changed = [r for k, r in rows.items() if k in existing and existing[k] != _compared_values(r)]
         if new:
             conn.exec_driver_sql(_insert_sql(t.name, _OBS_COLUMNS, sqlite), new)
         if changed:
@@ -467,14 +464,20 @@ class ClinicalWriter:
         result.updated += len(changed)
         result.unchanged += len(rows) - len(new) - len(changed)
 
-    def _content_hash(self, text: str) -> str:
-        """A keyed change detector (BLAKE2b in keyed mode, a MAC: it reveals nothing about values)."""
-        return hashlib.blake2b(text.encode(), key=self.keys.index_key, digest_size=16,
-                               person=b"cc-content").hexdigest()
+
+_OBS_COLUMNS = ("source_key", "patient_id", "encounter_id", "variable", "code_system", "code", "value", "unit",
+                "effective_at", "source", "category", "device_id", "batch_id", "ingested_at")
+# What makes a re-sent reading a change (batch and ingestion time do not).
+_OBS_COMPARED = ("patient_id", "encounter_id", "code", "value", "unit", "effective_at", "device_id")
+_COMPARED_AT = tuple(_OBS_COLUMNS.index(c) for c in _OBS_COMPARED)
 
 
-_OBS_COLUMNS = ("source_key", "content_hash", "patient_id", "encounter_id", "variable", "code_system", "code",
-                "value", "unit", "effective_at", "source", "category", "device_id", "batch_id", "ingested_at")
+def _compared_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    values = tuple(row[i] for i in _COMPARED_AT)
+    when = values[5]
+    if isinstance(when, str):  # SQLite text time -> the aware datetime the database returns
+        values = (*values[:5], datetime.fromisoformat(when).replace(tzinfo=UTC), *values[6:])
+    return values
 
 
 def _insert_sql(table: str, columns: Sequence[str], sqlite: bool) -> str:

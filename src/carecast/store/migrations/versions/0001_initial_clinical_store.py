@@ -271,7 +271,6 @@ def upgrade() -> None:
             "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
         ),
         sa.Column("source_key", sa.String(length=32), nullable=False),
-        sa.Column("content_hash", sa.String(length=32), nullable=False),
         sa.Column("patient_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("encounter_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("variable", sa.String(length=32), nullable=False),
