@@ -328,6 +328,26 @@ def train(task: str | None, truth: Path | None, table: Path | None, target: str 
 
 
 @main.group()
+def benchmark() -> None:
+    """Benchmarks on real clinical data that installs offline."""
+
+
+@benchmark.command("support2")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--bootstrap", default=500, show_default=True, help="Bootstrap resamples for the 95% CIs.")
+@handle_errors
+def benchmark_support2_cmd(seed: int, bootstrap: int) -> None:
+    """180-day mortality on SUPPORT2 (9,105 patients) against the SUPPORT model's own estimate.
+
+    Needs the optional extra `carecast[support2]` (the SurvSet package). The SUPPORT model estimates
+    (num_surv2m, num_surv6m), the physiology score and fac_sfdm2 are never features.
+    """
+    from carecast.models.tabular import benchmark_support2
+
+    _print_json(benchmark_support2(seed=seed, n_boot=bootstrap, registry=_registry(), progress=_progress_printer()))
+
+
+@main.group()
 def models() -> None:
     """The model registry: list, show, promote, roll back."""
 

@@ -83,9 +83,13 @@ CARECAST_LOG_LEVEL = EnvVar("CARECAST_LOG_LEVEL", _choice("debug", "info", "warn
 CARECAST_INGEST_CHUNK = EnvVar("CARECAST_INGEST_CHUNK", _positive_int, 5000,
                                "Records written per database transaction during bulk ingestion.")
 
+CARECAST_MODEL_REGISTRY = EnvVar("CARECAST_MODEL_REGISTRY", str, None,
+                                 "Where models and their cards live: a directory or an fsspec URL such as "
+                                 "gs://bucket/models. Default: $CARECAST_DATA_DIR/models.")
+
 ALL_VARIABLES: tuple[EnvVar[Any], ...] = (
     CARECAST_ENV, CARECAST_DATA_DIR, CARECAST_DATABASE_URL, CARECAST_DATA_KEY,
-    CARECAST_KEY_FILE, CARECAST_LOG_LEVEL, CARECAST_INGEST_CHUNK,
+    CARECAST_KEY_FILE, CARECAST_LOG_LEVEL, CARECAST_INGEST_CHUNK, CARECAST_MODEL_REGISTRY,
 )
 
 
@@ -100,6 +104,7 @@ class Settings:
     key_file: Path = Path("var/keys/keyring.json")
     log_level: str = "info"
     ingest_chunk: int = 5000
+    model_registry: str = "var/models"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -115,6 +120,7 @@ class Settings:
             key_file=key_file,
             log_level=CARECAST_LOG_LEVEL.read(env),  # type: ignore[arg-type]
             ingest_chunk=CARECAST_INGEST_CHUNK.read(env),  # type: ignore[arg-type]
+            model_registry=CARECAST_MODEL_REGISTRY.read(env) or str(data_dir / "models"),
         )
 
     @property

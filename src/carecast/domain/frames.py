@@ -32,13 +32,20 @@ def empty(name: str) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS[name].items()})
 
 
+def _to_utc(series: pd.Series) -> pd.Series:
+    try:  # ISO 8601 text (as databases return it) parses vectorised
+        return pd.to_datetime(series, utc=True, format="ISO8601")
+    except (ValueError, TypeError):
+        return pd.to_datetime(series, utc=True, format="mixed")
+
+
 def conform(name: str, df: pd.DataFrame) -> pd.DataFrame:
     """Give a frame exactly the declared columns and dtypes (missing columns are added empty)."""
     out = pd.DataFrame(index=df.index)
     for col, dtype in COLUMNS[name].items():
         series = df[col] if col in df.columns else pd.Series(pd.NA, index=df.index)
         if dtype.startswith("datetime64"):
-            out[col] = pd.to_datetime(series, utc=True, format="mixed") if len(series) else series.astype(dtype)
+            out[col] = _to_utc(series) if len(series) else series.astype(dtype)
         elif dtype == "object":
             out[col] = series.astype("object").where(series.notna(), None)
         else:

@@ -247,7 +247,8 @@ def build_features(frames: ClinicalFrames, queries: pd.DataFrame, spec: FeatureS
         acvpu = last_of("acvpu")
         acvpu = np.where(np.isnan(acvpu) & ~np.isnan(gcs), np.where(gcs >= 15, 0.0, 1.0), acvpu)
         vitals_now = pd.DataFrame({
-            "respiratory_rate": last_of("respiratory_rate"), "spo2": last_of("spo2"), "oxygen_flow": last_of("oxygen_flow"),
+            "respiratory_rate": last_of("respiratory_rate"), "spo2": last_of("spo2"),
+            "oxygen_flow": last_of("oxygen_flow"),
             "systolic_bp": last_of("systolic_bp"), "heart_rate": last_of("heart_rate"), "acvpu": acvpu,
             "temperature": last_of("temperature"), "gcs_total": gcs,
         })

@@ -1,0 +1,1 @@
+"""Outcome tasks, training and validation, the model registry and model cards."""
