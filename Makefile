@@ -44,6 +44,11 @@ typecheck: $(STAMP) ## mypy over src/
 bench: $(STAMP) ## Benchmarks: print rates and ratios against a reference measured in the same run
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/simulate.py
+	$(BIN)/python benchmarks/inference.py
+
+.PHONY: bench-training
+bench-training: $(STAMP) ## Training time at ~100,000 predictions, end to end (several minutes)
+	$(BIN)/python benchmarks/training.py
 
 .PHONY: lock
 lock: ## Re-resolve requirements/*.lock from pyproject.toml (needs the registry)

@@ -383,8 +383,8 @@ def compare_auroc(
     """AUROC of the model minus AUROC of a baseline score on the same rows, with a paired bootstrap 95% CI.
 
     Both AUROCs are computed on the same resamples (whole patients with `groups`), so the interval reflects
-    the correlation between the two scores. Returns ``{"model_auroc", "baseline_auroc", "difference",
-    "ci_low", "ci_high"}``. The baseline may be any score where higher means more at risk (NEWS2, LACE).
+    the correlation between the two scores. Returns ``{"model_auroc", "baseline_auroc", "baseline_ci_low",
+    "baseline_ci_high", "difference", "ci_low", "ci_high"}`` (the baseline's own CI from the same resamples). The baseline may be any score where higher means more at risk (NEWS2, LACE).
     """
     yy = _labels(y)
     pm = _scores(p_model, yy.size, probability=False, name="model scores")
@@ -395,15 +395,20 @@ def compare_auroc(
     model_auc = float(_weighted_auroc(*rm.block_sums(ones))[0])
     base_auc = float(_weighted_auroc(*rb.block_sums(ones))[0])
     diffs: list[FloatArray] = []
+    base_boot: list[FloatArray] = []
     if n_boot > 0:
         for w in _bootstrap_weights(codes, n_groups, n_boot, seed):
             am = _weighted_auroc(*rm.block_sums(w[:, rm.order]))
             ab = _weighted_auroc(*rb.block_sums(w[:, rb.order]))
             diffs.append(am - ab)
+            base_boot.append(ab)
     low, high = _ci(np.concatenate(diffs) if diffs else np.empty(0))
+    base_low, base_high = _ci(np.concatenate(base_boot) if base_boot else np.empty(0))
     return {
         "model_auroc": model_auc,
         "baseline_auroc": base_auc,
+        "baseline_ci_low": base_low,
+        "baseline_ci_high": base_high,
         "difference": model_auc - base_auc,
         "ci_low": low,
         "ci_high": high,

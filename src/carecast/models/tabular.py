@@ -8,6 +8,7 @@ rule as the clinical tasks); without one, a seeded random 25% of patients.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,7 +140,10 @@ def support2_frame() -> pd.DataFrame:
         from SurvSet.data import SurvLoader
     except ImportError:
         raise InputError("SUPPORT2 needs the optional extra: pip install 'carecast[support2]'") from None
-    df = SurvLoader().load_dataset(ds_name="support2")["df"]
+    with warnings.catch_warnings():
+        # SurvSet's bundled pickle refers to numpy.core, which numpy 2 renamed: harmless, not ours.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"numpy\.core")
+        df = SurvLoader().load_dataset(ds_name="support2")["df"]
     died_180 = (df["event"] == 1) & (df["time"] <= 180)
     known = died_180 | (df["time"] >= 180)
     out = df[known].copy()

@@ -174,9 +174,11 @@ def fit_and_validate(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, train: 
     baseline_report: dict[str, dict[str, Any]] = {}
     for name, score in (baselines or {}).items():
         filled = np.nan_to_num(np.asarray(score, np.float64), nan=0.0)
+        diff = M.compare_auroc(y_te, p_te, filled, g_te, n_boot=n_boot, seed=seed)
         baseline_report[name] = {
-            "auroc": M.score_auroc(y_te, filled, g_te, n_boot=n_boot, seed=seed),
-            "difference": M.compare_auroc(y_te, p_te, filled, g_te, n_boot=n_boot, seed=seed),
+            "auroc": {"value": diff["baseline_auroc"], "ci_low": diff["baseline_ci_low"],
+                      "ci_high": diff["baseline_ci_high"]},
+            "difference": diff,
         }
     return FitResult(model=model, chosen=chosen, cv_scores=cv_scores, slope=slope, intercept=intercept, p_test=p_te,
                      metrics=metrics, baselines=baseline_report, fit_seconds=fit_seconds)

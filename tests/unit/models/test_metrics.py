@@ -368,3 +368,16 @@ def test_score_auroc_of_an_integer_score_with_ci() -> None:
     assert out["value"] == pytest.approx(roc_auc_score(y, score), abs=1e-12)
     assert out["ci_low"] < out["value"] < out["ci_high"]
     assert 0.6 < out["value"] < 0.9
+
+
+def test_compare_auroc_reports_the_baselines_own_ci() -> None:
+    rng = np.random.default_rng(5)
+    score = rng.integers(0, 8, 1500).astype(float)
+    y = (rng.random(1500) < 0.04 + 0.06 * score).astype(int)
+    model = score + rng.normal(0, 1, 1500)
+    groups = np.repeat(np.arange(300), 5)
+    diff = compare_auroc(y, _expit(model - 4), score, groups, n_boot=200, seed=3)
+    alone = score_auroc(y, score, groups, n_boot=200, seed=3)  # the same resamples
+    assert diff["baseline_ci_low"] == pytest.approx(alone["ci_low"])
+    assert diff["baseline_ci_high"] == pytest.approx(alone["ci_high"])
+    assert diff["baseline_auroc"] == pytest.approx(alone["value"])
