@@ -20,14 +20,14 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from carecast.crypto import Keyring  # noqa: E402
-from carecast.jobs.ingest import ingest_paths  # noqa: E402
-from carecast.models.training import train_task  # noqa: E402
-from carecast.simulate import SimulationConfig, simulate  # noqa: E402
-from carecast.store.db import make_engine  # noqa: E402
-from carecast.store.frames import load_frames  # noqa: E402
-from carecast.store.migrate import upgrade  # noqa: E402
-from carecast.store.writer import ClinicalWriter  # noqa: E402
+from carecast.crypto import Keyring
+from carecast.jobs.ingest import ingest_paths
+from carecast.models.training import train_task
+from carecast.simulate import SimulationConfig, simulate
+from carecast.store.db import make_engine
+from carecast.store.frames import load_frames
+from carecast.store.migrate import upgrade
+from carecast.store.writer import ClinicalWriter
 
 
 def main() -> int:

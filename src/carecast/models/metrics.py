@@ -384,7 +384,8 @@ def compare_auroc(
 
     Both AUROCs are computed on the same resamples (whole patients with `groups`), so the interval reflects
     the correlation between the two scores. Returns ``{"model_auroc", "baseline_auroc", "baseline_ci_low",
-    "baseline_ci_high", "difference", "ci_low", "ci_high"}`` (the baseline's own CI from the same resamples). The baseline may be any score where higher means more at risk (NEWS2, LACE).
+    "baseline_ci_high", "difference", "ci_low", "ci_high"}`` (the baseline's own CI from the same resamples).
+    The baseline may be any score where higher means more at risk (NEWS2, LACE).
     """
     yy = _labels(y)
     pm = _scores(p_model, yy.size, probability=False, name="model scores")

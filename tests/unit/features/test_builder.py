@@ -153,7 +153,7 @@ def test_news2_from_last_bedside_values() -> None:
     for i in range(len(X)):
         row = X.iloc[i]
 
-        def val(name: str) -> float | None:
+        def val(name: str, row: pd.Series = row) -> float | None:
             v = row[f"{name}_last_24h"]
             return None if np.isnan(v) else float(v)
 
