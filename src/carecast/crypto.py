@@ -101,6 +101,12 @@ class Keyring:
         MRN, device serial, natural keys."""
         return hmac.digest(self.index_key, (context + "\x00" + value).encode("utf-8"), "sha256")[:16].hex()
 
+    def record_key(self, natural_key: str) -> str:
+        """The stored identity of an incoming record ("Observation/123"): keyed BLAKE2b (a MAC, like
+        HMAC, and about twice as fast on the bulk path), so source ids never sit in the store in clear."""
+        return hashlib.blake2b(natural_key.encode("utf-8"), key=self.index_key, digest_size=16,
+                               person=b"cc-record-key").hexdigest()
+
     # -- persistence ------------------------------------------------------------------------------
     def to_json(self) -> str:
         return json.dumps({

@@ -559,7 +559,7 @@ def decode_ndjson(path: Path, chunk_size: int = 5000, label: str | None = None) 
                     for rec in records:
                         unit.records.append(rec)
                         unit.locations.append(loc)
-                    unit.raw[loc] = line.rstrip(b"\n")
+                    unit.raw[loc] = line  # kept (encrypted) only if the record is quarantined later
             if len(unit.records) + len(unit.rejections) >= chunk_size:
                 yield unit
                 unit = UnitOfWork(where=name)

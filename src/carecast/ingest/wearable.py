@@ -69,7 +69,7 @@ def decode_jsonl(path: Path, chunk_size: int = 5000, label: str | None = None) -
             else:
                 unit.records.append(rec)
                 unit.locations.append(loc)
-                unit.raw[loc] = line.rstrip(b"\n")
+                unit.raw[loc] = line  # kept (encrypted) only if the reading is quarantined later
             if len(unit.records) + len(unit.rejections) >= chunk_size:
                 yield unit
                 unit = UnitOfWork(where=name)

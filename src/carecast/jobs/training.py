@@ -37,7 +37,7 @@ def simulator_oracle(store: Store, truth_csv: Path) -> Callable[[pd.DataFrame], 
     natural keys the store keeps: the truth file names FHIR ids, the store never does in clear."""
     truth = pd.read_csv(truth_csv)
     truth["t"] = pd.to_datetime(truth["time"], utc=True)
-    by_key = {store.keyring.blind_index(f"Encounter/{e}", "natural-key"): e for e in truth["encounter_id"].unique()}
+    by_key = {store.keyring.record_key(f"Encounter/{e}"): e for e in truth["encounter_id"].unique()}
     with store.engine.connect() as conn:
         rows = conn.execute(select(S.Encounter.id, S.Encounter.source_key)
                             .where(S.Encounter.source_key.in_(list(by_key)))).all()

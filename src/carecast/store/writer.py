@@ -87,7 +87,7 @@ class ClinicalWriter:
 
     # -- keys ---------------------------------------------------------------------------------------
     def source_key(self, natural_key: str) -> str:
-        return self.keys.blind_index(natural_key, "natural-key")
+        return self.keys.record_key(natural_key)
 
     def _hash(self, *parts: Any) -> str:
         return self.keys.blind_index("\x1f".join("" if p is None else str(p) for p in parts), "content")
@@ -425,7 +425,7 @@ class ClinicalWriter:
         rows: dict[str, tuple[Any, ...]] = {}
         now = _driver_time(_now(), sqlite)
         patient_ids = self._patient_ids
-        source_key = self.source_key
+        source_key = self.keys.record_key
         for rec, loc in items:
             try:
                 pid = patient_ids.get(rec.patient_ref) or self._patient_id(conn, rec.patient_ref)
