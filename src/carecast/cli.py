@@ -401,5 +401,168 @@ def models_rollback(task: str, reason: str) -> None:
     click.echo(f"{task}: champion is now {data['champion']}")
 
 
+# -- users, tokens, audit ----------------------------------------------------------------------------------
+
+@main.group()
+def users() -> None:
+    """User accounts: roles and care-team units."""
+
+
+@users.command("create")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["clinician", "nurse", "data_scientist", "admin", "auditor"]),
+              required=True)
+@click.option("--unit", "units", multiple=True, help="A care-team unit (repeat for several).")
+@click.password_option(help="Password (at least 12 characters); prompted for when not given.")
+@handle_errors
+def users_create(username: str, role: str, units: tuple[str, ...], password: str) -> None:
+    """Create a user. Passwords are stored as argon2id hashes."""
+    from carecast.security.users import create_user
+
+    store = _open_store()
+    try:
+        create_user(store.engine, username, password, role, units)
+    finally:
+        store.close()
+    click.echo(f"created {role} {username}" + (f" in {', '.join(units)}" if units else ""))
+
+
+@users.command("list")
+@handle_errors
+def users_list() -> None:
+    """List users with their roles, units and lock state."""
+    from carecast.security.users import list_users
+
+    store = _open_store()
+    try:
+        for u in list_users(store.engine):
+            units = ",".join(u["units"]) or "-"  # type: ignore[arg-type]
+            click.echo(f"{u['username']:<24} {u['role']:<15} {units:<30} {'locked' if u['locked'] else ''}")
+    finally:
+        store.close()
+
+
+@users.command("set-units")
+@click.argument("username")
+@click.argument("units", nargs=-1)
+@handle_errors
+def users_set_units(username: str, units: tuple[str, ...]) -> None:
+    """Replace a user's care-team units."""
+    from carecast.security.users import set_units
+
+    store = _open_store()
+    try:
+        set_units(store.engine, username, units)
+    finally:
+        store.close()
+    click.echo(f"{username}: {', '.join(units) or 'no units'}")
+
+
+@main.group()
+def tokens() -> None:
+    """API bearer tokens (random, stored hashed, scoped, expiring)."""
+
+
+@tokens.command("issue")
+@click.argument("username")
+@click.option("--name", required=True, help="What the token is for (e.g. the EHR's name).")
+@click.option("--scope", "scopes", multiple=True, help="Permission the token may use (repeat); default: the role's.")
+@click.option("--hours", default=24 * 30, show_default=True, help="Lifetime in hours.")
+@handle_errors
+def tokens_issue(username: str, name: str, scopes: tuple[str, ...], hours: float) -> None:
+    """Issue a token for USERNAME; it is printed once and never stored in clear."""
+    from sqlalchemy import select
+
+    from carecast.errors import NotFoundError
+    from carecast.security.permissions import ROLE_PERMISSIONS
+    from carecast.security.tokens import issue_token
+    from carecast.store import schema as S
+
+    store = _open_store()
+    try:
+        with store.engine.connect() as conn:
+            user = conn.execute(select(S.User.id, S.User.role).where(S.User.username == username)).first()
+        if user is None:
+            raise NotFoundError(f"no user {username}")
+        granted = scopes or tuple(str(p) for p in ROLE_PERMISSIONS[user.role])
+        token = issue_token(store.engine, int(user.id), name, granted, ttl_hours=hours)
+    finally:
+        store.close()
+    click.echo(token)
+
+
+@tokens.command("list")
+@handle_errors
+def tokens_list() -> None:
+    """List tokens (never their values)."""
+    from carecast.security.tokens import list_tokens
+
+    store = _open_store()
+    try:
+        for t in list_tokens(store.engine):
+            click.echo(f"#{t['id']} {t['user']:<20} {t['name']:<20} expires {t['expires_at']} "
+                       f"{'revoked' if t['revoked'] else ''}\n    scopes: {t['scopes']}")
+    finally:
+        store.close()
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int)
+@handle_errors
+def tokens_revoke(token_id: int) -> None:
+    """Revoke a token by its id (from `carecast tokens list`)."""
+    from carecast.security.tokens import revoke_token
+
+    store = _open_store()
+    try:
+        revoke_token(store.engine, token_id)
+    finally:
+        store.close()
+    click.echo(f"token #{token_id} revoked")
+
+
+@main.group()
+def audit() -> None:
+    """The hash-chained audit trail."""
+
+
+@audit.command("verify")
+@handle_errors
+def audit_verify() -> None:
+    """Recompute the hash chain; exit 1 and name the first bad row if any row was changed or removed."""
+    from carecast.security.audit import AuditLog
+
+    store = _open_store()
+    try:
+        check = AuditLog(store.engine).verify()
+    finally:
+        store.close()
+    if check.ok:
+        click.echo(f"audit trail intact: {check.rows} rows")
+        return
+    click.secho(f"audit trail BROKEN at row {check.first_bad_id} (after {check.rows} good rows)", fg="red", err=True)
+    sys.exit(ExitCode.ERROR)
+
+
+@audit.command("export")
+@click.option("--limit", default=1000, show_default=True)
+@click.option("--fhir", is_flag=True, help="As a FHIR R4 Bundle of AuditEvent resources.")
+@handle_errors
+def audit_export(limit: int, fhir: bool) -> None:
+    """Print recent audit rows as JSON (or FHIR AuditEvents). They hold no patient values."""
+    from carecast.security.audit import AuditLog, as_fhir_audit_event
+
+    store = _open_store()
+    try:
+        rows = AuditLog(store.engine).rows(limit=limit)
+    finally:
+        store.close()
+    if fhir:
+        _print_json({"resourceType": "Bundle", "type": "collection",
+                     "entry": [{"resource": as_fhir_audit_event(r)} for r in rows]})
+    else:
+        _print_json(rows)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -53,7 +53,7 @@ def test_keys_generate_prints_a_fresh_key() -> None:
 def test_db_upgrade(env: dict[str, str]) -> None:
     result = CliRunner().invoke(main, ["db", "upgrade"], env=env)
     assert result.exit_code == 0, result.output
-    assert "revision 0001" in result.output
+    assert "revision 0002" in result.output
 
 
 def test_ingest_exit_codes_and_report(env: dict[str, str], tmp_path: Path) -> None:
@@ -82,3 +82,17 @@ def test_ingest_exit_codes_and_report(env: dict[str, str], tmp_path: Path) -> No
     assert "Observation.ndjson:line 2" in result.output and "valueQuantity.value" in result.output
     assert "400" not in result.output  # the bad value itself is never shown
     assert F.SECRET_IDENTIFIERS["family"] not in result.output
+
+
+def test_users_tokens_and_audit_commands(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["users", "create", "nurse.x", "--role", "nurse", "--unit", "Ward A",
+                                  "--password", "a long enough password"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "nurse.x" in runner.invoke(main, ["users", "list"], env=env).output
+    token = runner.invoke(main, ["tokens", "issue", "nurse.x", "--name", "tablet"], env=env).output.strip()
+    assert token.startswith("cc_")
+    listing = runner.invoke(main, ["tokens", "list"], env=env).output
+    assert "tablet" in listing and token not in listing
+    result = runner.invoke(main, ["audit", "verify"], env=env)
+    assert result.exit_code == 0 and "intact" in result.output

@@ -257,3 +257,120 @@ class Outcome(Base):
 def table(model: type[Base]) -> Table:
     """The Core table of a model, typed as such (for bulk statements)."""
     return cast(Table, model.__table__)
+
+
+# -- serving: users, tokens, audit, predictions, the scoring queue ------------------------------------------------
+
+
+class User(Base):
+    """A person who signs in. Passwords are argon2 hashes; repeated failures lock the account."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(24))
+    active: Mapped[bool] = mapped_column(default=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    last_login_at: Mapped[datetime | None]
+
+
+class UserUnit(Base):
+    """Care-team membership: a clinician or nurse sees the patients of these units."""
+
+    __tablename__ = "user_units"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    unit: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class ApiToken(Base):
+    """A bearer token: random, shown once, stored only as its SHA-256; scoped and expiring."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class BreakGlass(Base):
+    """Emergency access to a patient outside the user's units: reason required, time-limited, audited."""
+
+    __tablename__ = "break_glass"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    reason_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    started_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class AuditEvent(Base):
+    """Append-only, hash-chained record of every access to patient data and every denial.
+
+    Holds who, role, action tag, which patient (public uid), when, from where, outcome and request id;
+    never a patient value. `hash` = SHA-256 over the previous hash and this row's fields.
+    """
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    username: Mapped[str | None] = mapped_column(String(64))
+    role: Mapped[str | None] = mapped_column(String(24))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    patient_uid: Mapped[str | None] = mapped_column(String(36), index=True)
+    source_ip: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(String(255))
+    # UNIQUE on prev_hash keeps the chain linear under concurrent writers on any backend: two rows
+    # claiming the same predecessor cannot both commit; the loser retries on the new head.
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Prediction(Base):
+    """One risk score for one patient, task and model version at the time of the data it used.
+    Idempotent: the same (patient, task, model version, data time) is stored once."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("patient_id", "task", "model_version", "data_time"),
+        Index("ix_predictions_patient_task_time", "patient_id", "task", "data_time"),
+    )
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"))
+    task: Mapped[str] = mapped_column(String(32))
+    model_version: Mapped[str] = mapped_column(String(64))
+    risk: Mapped[float] = mapped_column(Float)
+    band: Mapped[str] = mapped_column(String(16))
+    news2: Mapped[int | None] = mapped_column(Integer)
+    factors: Mapped[str] = mapped_column(Text)  # JSON: top contributing factors (feature names and signs)
+    data_time: Mapped[datetime]
+    computed_at: Mapped[datetime]
+    shadow: Mapped[bool] = mapped_column(default=False)
+
+
+class ScoreJob(Base):
+    """The durable scoring queue of the embedded default (and of PostgreSQL deployments): a row per
+    patient with new data; workers claim rows with a lease, so a killed worker's rows come back."""
+
+    __tablename__ = "score_jobs"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    enqueued_at: Mapped[datetime] = mapped_column(index=True)
+    data_time: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    leased_by: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    done_at: Mapped[datetime | None] = mapped_column(index=True)
+    error: Mapped[str | None] = mapped_column(String(255))

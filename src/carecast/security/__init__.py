@@ -1,0 +1,1 @@
+"""Who may do what: users and passwords, API tokens, permissions, patient access, and the audit trail."""

@@ -1,0 +1,120 @@
+"""The audit trail: append-only and hash-chained.
+
+Each row's hash is SHA-256 over the previous row's hash and this row's fields, so editing, deleting
+or reordering any row breaks `verify()` from that row on. `prev_hash` is UNIQUE in the table: two
+writers that read the same head cannot both commit, so the chain stays linear across processes and
+hosts on any backend (the loser retries on the new head). Rows hold tags and ids, never patient values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, text
+from sqlalchemy.exc import IntegrityError
+
+from carecast.security.permissions import Principal
+from carecast.store import schema as S
+
+GENESIS = "0" * 64
+_LOCK_KEY = 0x43434155  # "CCAU": the advisory lock of the audit trail on PostgreSQL
+_FIELDS = ("at", "user_id", "username", "role", "action", "patient_uid", "source_ip", "outcome", "request_id",
+           "detail")
+OUTCOMES = ("success", "denied", "failed", "error")
+
+
+def _digest(prev_hash: str, row: dict[str, Any]) -> str:
+    body = {k: (row[k].isoformat() if isinstance(row[k], datetime) else row[k]) for k in _FIELDS}
+    return hashlib.sha256((prev_hash + json.dumps(body, sort_keys=True, separators=(",", ":"))).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    ok: bool
+    rows: int
+    first_bad_id: int | None
+
+
+class AuditLog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def record(self, *, action: str, outcome: str, principal: Principal | None = None, patient_uid: str | None = None,
+               source_ip: str | None = None, request_id: str | None = None, detail: str | None = None,
+               username: str | None = None) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"audit outcome must be one of {', '.join(OUTCOMES)}")
+        row: dict[str, Any] = {
+            "at": datetime.now(UTC), "action": action[:64],
+            "outcome": outcome, "user_id": principal.user_id if principal else None,
+            "username": (principal.username if principal else (username or None) and username[:64]),
+            "role": principal.role if principal else None, "patient_uid": patient_uid,
+            "source_ip": (source_ip or "")[:64] or None, "request_id": (request_id or "")[:64] or None,
+            "detail": (detail or "")[:255] or None,
+        }
+        for attempt in range(100):
+            try:
+                with self.engine.begin() as conn:
+                    if conn.dialect.name == "postgresql":
+                        # serialise appenders across processes and hosts for the length of this transaction
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+                    head = conn.execute(select(S.AuditEvent.hash).order_by(S.AuditEvent.id.desc()).limit(1)).scalar()
+                    prev = head or GENESIS
+                    conn.execute(insert(S.AuditEvent).values(**row, prev_hash=prev, hash=_digest(prev, row)))
+                return
+            except IntegrityError:
+                # another writer appended first (SQLite): chain onto the new head after a short pause
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 (jitter, not security)
+        raise RuntimeError("audit trail: could not append after 100 attempts")
+
+    def verify(self) -> AuditCheck:
+        prev = GENESIS
+        n = 0
+        with self.engine.connect() as conn:
+            for r in conn.execute(select(S.AuditEvent).order_by(S.AuditEvent.id)):
+                row = {k: getattr(r, k) for k in _FIELDS}
+                if r.prev_hash != prev or r.hash != _digest(prev, row):
+                    return AuditCheck(ok=False, rows=n, first_bad_id=int(r.id))
+                prev = r.hash
+                n += 1
+        return AuditCheck(ok=True, rows=n, first_bad_id=None)
+
+    def rows(self, *, limit: int = 100, action: str | None = None, username: str | None = None,
+             patient_uid: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+        stmt = select(S.AuditEvent).order_by(S.AuditEvent.id.desc()).limit(limit)
+        if action:
+            stmt = stmt.where(S.AuditEvent.action == action)
+        if username:
+            stmt = stmt.where(S.AuditEvent.username == username)
+        if patient_uid:
+            stmt = stmt.where(S.AuditEvent.patient_uid == patient_uid)
+        if since:
+            stmt = stmt.where(S.AuditEvent.at >= since)
+        with self.engine.connect() as conn:
+            return [{k: getattr(r, k) for k in ("id", *_FIELDS)} for r in conn.execute(stmt)]
+
+
+def as_fhir_audit_event(row: dict[str, Any]) -> dict[str, Any]:
+    """One audit row as a FHIR R4 AuditEvent (DICOM audit vocabulary for type, outcome codes 0/4/8)."""
+    outcome = {"success": "0", "denied": "4", "failed": "4", "error": "8"}.get(row["outcome"], "8")
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent", "id": str(row["id"]),
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110",
+                 "display": "Patient Record"},
+        "subtype": [{"system": "urn:carecast:audit-action", "code": row["action"]}],
+        "action": "R" if row["action"].endswith((":read", ":list")) else "E",
+        "recorded": row["at"].isoformat(), "outcome": outcome,
+        "agent": [{"who": {"identifier": {"value": row["username"] or "anonymous"}}, "requestor": True,
+                   "role": [{"text": row["role"] or "none"}],
+                   "network": {"address": row["source_ip"] or "unknown", "type": "2"}}],
+        "source": {"observer": {"display": "CareCast"}},
+    }
+    if row.get("patient_uid"):
+        event["entity"] = [{"what": {"reference": f"Patient/{row['patient_uid']}"}, "type": {"code": "1"}}]
+    return event

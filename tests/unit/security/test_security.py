@@ -1,0 +1,143 @@
+"""Users, passwords, tokens, permissions, patient access and the hash-chained audit trail (both backends)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import select, text, update
+
+from carecast.jobs.ingest import ingest_paths
+from carecast.security import tokens, users
+from carecast.security.access import BreakGlassError, can_see_patient, open_break_glass
+from carecast.security.audit import AuditLog, as_fhir_audit_event
+from carecast.security.passwords import PasswordPolicyError, hash_password, verify_password
+from carecast.security.permissions import Permission, Principal
+from carecast.store import Store
+from carecast.store import schema as S
+from tests import factories as F
+
+PASSWORD = "correct horse battery staple"
+
+
+def test_password_hashing() -> None:
+    h = hash_password(PASSWORD)
+    assert h.startswith("$argon2id$") and PASSWORD not in h
+    assert verify_password(h, PASSWORD) and not verify_password(h, PASSWORD + "!")
+    with pytest.raises(PasswordPolicyError):
+        hash_password("short")
+
+
+def test_sign_in_and_lockout(store: Store) -> None:
+    users.create_user(store.engine, "nurse.a", PASSWORD, "nurse", ["Ward A"])
+    p = users.authenticate(store.engine, "nurse.a", PASSWORD)
+    assert p is not None and p.role == "nurse" and p.units == frozenset({"Ward A"})
+    assert users.authenticate(store.engine, "nobody", PASSWORD) is None
+    for _ in range(users.MAX_FAILURES):
+        assert users.authenticate(store.engine, "nurse.a", "wrong password!!") is None
+    assert users.authenticate(store.engine, "nurse.a", PASSWORD) is None  # locked, even with the right one
+    later = datetime.now(UTC) + users.LOCKOUT + timedelta(seconds=1)
+    assert users.authenticate(store.engine, "nurse.a", PASSWORD, now=later) is not None
+    with pytest.raises(users.UserError):
+        users.create_user(store.engine, "nurse.a", PASSWORD, "nurse")
+    with pytest.raises(users.UserError):
+        users.create_user(store.engine, "x", PASSWORD, "surgeon")
+
+
+def test_tokens_are_hashed_scoped_and_expire(store: Store) -> None:
+    uid = users.create_user(store.engine, "dr.b", PASSWORD, "clinician", ["Ward B"])
+    tok = tokens.issue_token(store.engine, uid, "ehr", ["patient:read"], ttl_hours=1)
+    with store.engine.connect() as conn:
+        stored = conn.execute(select(S.ApiToken.token_hash)).scalar_one()
+    assert tok not in stored and len(stored) == 64
+    p = tokens.resolve_token(store.engine, tok)
+    assert p is not None and p.can(Permission.PATIENT_READ) and not p.can(Permission.PREDICTION_READ)
+    assert tokens.resolve_token(store.engine, tok, now=datetime.now(UTC) + timedelta(hours=2)) is None
+    assert tokens.resolve_token(store.engine, "cc_forged") is None
+    assert tokens.resolve_token(store.engine, "Bearer nonsense") is None
+    with pytest.raises(users.UserError):
+        tokens.issue_token(store.engine, uid, "x", ["patient:delete"])
+    token_id = tokens.list_tokens(store.engine)[0]["id"]
+    tokens.revoke_token(store.engine, int(token_id))  # type: ignore[arg-type]
+    assert tokens.resolve_token(store.engine, tok) is None
+
+
+def test_roles_and_scopes() -> None:
+    nurse = Principal(1, "n", "nurse", frozenset({"A"}), None, "session")
+    auditor = Principal(2, "a", "auditor", frozenset(), None, "session")
+    assert nurse.can(Permission.PATIENT_READ) and not nurse.can(Permission.AUDIT_READ)
+    assert auditor.can(Permission.AUDIT_READ) and not auditor.can(Permission.PATIENT_READ)
+    assert nurse.unit_restricted and not auditor.unit_restricted
+
+
+def test_unit_access_and_break_glass(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "Patient.ndjson").write_bytes(orjson.dumps(F.patient("p1")) + b"\n")
+    (tmp_path / "Encounter.ndjson").write_bytes(
+        orjson.dumps(F.encounter("e1", "p1", units=(("Ward B", "2026-01-05T08:00:00Z"),))) + b"\n")
+    ingest_paths([tmp_path], store.writer())
+    with store.engine.connect() as conn:
+        pid = conn.execute(select(S.Patient.id)).scalar_one()
+    nurse_a = Principal(1, "n", "nurse", frozenset({"Ward A"}), None, "session")
+    nurse_b = Principal(2, "m", "nurse", frozenset({"Ward B"}), None, "session")
+    scientist = Principal(3, "d", "data_scientist", frozenset(), None, "session")
+    users.create_user(store.engine, "n", PASSWORD, "nurse", ["Ward A"])
+    assert can_see_patient(store.engine, nurse_b, pid) and not can_see_patient(store.engine, nurse_a, pid)
+    assert can_see_patient(store.engine, scientist, pid)
+    with pytest.raises(BreakGlassError):
+        open_break_glass(store.engine, store.keyring, nurse_a, pid, "because")
+    expires = open_break_glass(store.engine, store.keyring, nurse_a, pid, "rapid response call, bed 12", minutes=30)
+    assert can_see_patient(store.engine, nurse_a, pid)
+    assert not can_see_patient(store.engine, nurse_a, pid, now=expires + timedelta(seconds=1))
+    with store.engine.connect() as conn:
+        reason = conn.execute(select(S.BreakGlass.reason_enc)).scalar_one()
+    assert b"rapid response" not in reason
+
+
+def test_audit_chain_verifies_and_detects_tampering(store: Store) -> None:
+    log = AuditLog(store.engine)
+    who = Principal(7, "dr.c", "clinician", frozenset({"Ward A"}), None, "token")
+    for i in range(5):
+        log.record(action="patient:read", outcome="success", principal=who, patient_uid=f"uid-{i}",
+                   source_ip="10.0.0.1", request_id=f"r{i}")
+    log.record(action="auth:failed", outcome="denied", username="mallory", source_ip="10.0.0.9")
+    check = log.verify()
+    assert check.ok and check.rows == 6
+    fhir = as_fhir_audit_event(log.rows(limit=1, action="patient:read")[0])
+    assert fhir["resourceType"] == "AuditEvent" and fhir["entity"][0]["what"]["reference"] == "Patient/uid-4"
+    with store.engine.begin() as conn:  # an insider edits one row
+        conn.execute(update(S.AuditEvent).where(S.AuditEvent.id == 3).values(outcome="denied"))
+    bad = log.verify()
+    assert not bad.ok and bad.first_bad_id == 3
+
+
+def test_audit_deleting_a_row_breaks_the_chain(store: Store) -> None:
+    log = AuditLog(store.engine)
+    for i in range(4):
+        log.record(action="patient:list", outcome="success", username=f"u{i}")
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_events WHERE id = 2"))
+    assert log.verify().first_bad_id == 3
+
+
+def test_concurrent_writers_keep_one_linear_chain(store: Store) -> None:
+    log = AuditLog(store.engine)
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(15):
+                log.record(action="prediction:read", outcome="success", username=f"w{n}", request_id=str(i))
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    check = log.verify()
+    assert check.ok and check.rows == 60
