@@ -1,5 +1,8 @@
 """The ingestion job: decode files, write them to the store, quarantine what was refused.
 
+`ingest_units` (the write-and-quarantine loop, shared with the API's ingest endpoints) lives in
+carecast.store.batches; this module adds files, formats and reading order.
+
 One ingest batch per input file (all DICOM files of a run form one batch, so that the instances
 of a study are counted together). The job owns the loop and the progress display; decoders and
 the writer stay ignorant of each other.
@@ -14,24 +17,8 @@ from pathlib import Path
 from carecast.domain.records import UnitOfWork
 from carecast.errors import ExitCode
 from carecast.ingest.files import InputFile, collect, decode_file
-from carecast.store.writer import ClinicalWriter, WriteResult
-
-
-@dataclass
-class FileSummary:
-    label: str
-    kind: str
-    batch_id: int
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    rejected: int = 0
-    skipped: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def stored(self) -> int:
-        return self.inserted + self.updated + self.unchanged
+from carecast.store.batches import FileSummary, ingest_units
+from carecast.store.writer import ClinicalWriter
 
 
 @dataclass
@@ -93,29 +80,3 @@ def ingest_paths(paths: Iterable[Path], writer: ClinicalWriter, *, chunk_size: i
         summary.files.append(ingest_units(units, writer, source=first.source, label=label, kind=first.kind,
                                           progress=progress))
     return summary
-
-
-def ingest_units(units: Iterable[UnitOfWork], writer: ClinicalWriter, *, source: str, label: str,
-                 kind: str = "", progress: Progress | None = None) -> FileSummary:
-    """Write units of work as one ingest batch, quarantining every rejection with its reason."""
-    batch_id = writer.begin_batch(source, label)
-    fs = FileSummary(label=label, kind=kind, batch_id=batch_id)
-    total = WriteResult()
-    status = "failed"
-    try:
-        for unit in units:
-            result = writer.write(unit, batch_id)
-            writer.quarantine(batch_id, source, result.rejections)
-            total.merge(result)
-            fs.skipped += unit.skipped
-            for r in result.rejections:
-                key = f"{r.field}: {r.reason}" if r.field else r.reason
-                fs.reasons[key[:160]] = fs.reasons.get(key[:160], 0) + 1
-            if progress:
-                progress(len(unit.records) + len(unit.rejections) + unit.skipped)
-        status = "partial" if total.rejections else "done"
-    finally:
-        writer.finish_batch(batch_id, total, status)
-    fs.inserted, fs.updated, fs.unchanged, fs.rejected = (total.inserted, total.updated, total.unchanged,
-                                                           len(total.rejections))
-    return fs
