@@ -401,6 +401,51 @@ def models_rollback(task: str, reason: str) -> None:
     click.echo(f"{task}: champion is now {data['champion']}")
 
 
+# -- serving -----------------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", type=int, default=None, help="gunicorn workers (default: one per core).")
+@handle_errors
+def serve(host: str, port: int, workers: int | None) -> None:
+    """Run the REST API under gunicorn (graceful shutdown within 10 s; OMP threads 1)."""
+    from carecast.serving.wsgi import serve as run
+
+    store = _open_store()  # migrate and check keys once, before the workers start
+    store.close()
+    run(host=host, port=port, workers=workers)
+
+
+@main.command()
+@click.option("--max-jobs", type=int, default=None, help="Stop after this many jobs (default: run until stopped).")
+@handle_errors
+def worker(max_jobs: int | None) -> None:
+    """Run a scoring worker: claim queued patients, score them with the champion models, publish updates."""
+    import signal
+    import threading
+
+    from carecast.jobs.worker import run_worker
+    from carecast.scoring.events import make_bus
+    from carecast.scoring.predictor import Predictor
+    from carecast.scoring.queue import make_queue, new_worker_id
+
+    settings = _settings()
+    store = _open_store()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        predictor = Predictor(_registry())
+        stats = run_worker(store, predictor, make_queue(settings, engine=store.engine), make_bus(settings.events_url),
+                           worker_id=new_worker_id(), stop=stop, max_jobs=max_jobs)
+    except KeyboardInterrupt:
+        stop.set()
+        return
+    finally:
+        store.close()
+    click.echo(f"worker stopped: {stats}")
+
+
 # -- users, tokens, audit ----------------------------------------------------------------------------------
 
 @main.group()

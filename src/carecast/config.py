@@ -87,9 +87,17 @@ CARECAST_MODEL_REGISTRY = EnvVar("CARECAST_MODEL_REGISTRY", str, None,
                                  "Where models and their cards live: a directory or an fsspec URL such as "
                                  "gs://bucket/models. Default: $CARECAST_DATA_DIR/models.")
 
+CARECAST_QUEUE_URL = EnvVar("CARECAST_QUEUE_URL", str, None,
+                            "Scoring queue: a redis:// URL, or unset to keep the queue in the database "
+                            "(durable on SQLite and PostgreSQL).")
+CARECAST_EVENTS_URL = EnvVar("CARECAST_EVENTS_URL", str, None,
+                             "Live-update bus: a redis:// URL so every API process sees every update, or unset "
+                             "for the in-process bus of a single process.")
+
 ALL_VARIABLES: tuple[EnvVar[Any], ...] = (
     CARECAST_ENV, CARECAST_DATA_DIR, CARECAST_DATABASE_URL, CARECAST_DATA_KEY,
-    CARECAST_KEY_FILE, CARECAST_LOG_LEVEL, CARECAST_INGEST_CHUNK, CARECAST_MODEL_REGISTRY,
+    CARECAST_KEY_FILE, CARECAST_LOG_LEVEL, CARECAST_INGEST_CHUNK, CARECAST_MODEL_REGISTRY, CARECAST_QUEUE_URL,
+    CARECAST_EVENTS_URL,
 )
 
 
@@ -105,6 +113,8 @@ class Settings:
     log_level: str = "info"
     ingest_chunk: int = 5000
     model_registry: str = "var/models"
+    queue_url: str | None = None
+    events_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -121,6 +131,8 @@ class Settings:
             log_level=CARECAST_LOG_LEVEL.read(env),  # type: ignore[arg-type]
             ingest_chunk=CARECAST_INGEST_CHUNK.read(env),  # type: ignore[arg-type]
             model_registry=CARECAST_MODEL_REGISTRY.read(env) or str(data_dir / "models"),
+            queue_url=CARECAST_QUEUE_URL.read(env),
+            events_url=CARECAST_EVENTS_URL.read(env),
         )
 
     @property

@@ -205,7 +205,7 @@ def build_features(frames: ClinicalFrames, queries: pd.DataFrame, spec: FeatureS
     cols["imaging_reports"] = _timeline(q, reports, "issued_at").stats(img_lookback, ["count"])["count"]
     codes = reports["conclusion_codes"].fillna("").astype(str).str.split(",")
     for finding, wanted_codes in findings.items():
-        hit = reports[[bool(set(c) & set(wanted_codes)) for c in codes]]
+        hit = reports[np.array([bool(set(c) & set(wanted_codes)) for c in codes], dtype=bool)]
         n = _timeline(q, hit, "issued_at").stats(img_lookback, ["count"])["count"]
         cols[f"imaging_{finding}"] = (n > 0).astype(np.float64)
 
@@ -215,7 +215,7 @@ def build_features(frames: ClinicalFrames, queries: pd.DataFrame, spec: FeatureS
         cats = [charlson_categories_of(c) for c in cond["code"].astype(str)]
         present = {}
         for category in charlson_categories():
-            rows = cond[[category in c for c in cats]]
+            rows = cond[np.array([category in c for c in cats], dtype=bool)]
             noted = rows["noted_at"].fillna(_EPOCH)
             n = _timeline(q, rows.assign(noted_at=noted), "noted_at").stats(None, ["count"])["count"]
             present[category] = n > 0

@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from carecast.domain.records import UnitOfWork
+from carecast.domain.records import Rejection, UnitOfWork
 from carecast.store.writer import ClinicalWriter, WriteResult
 
 Progress = Callable[[int], None]
+MAX_EXAMPLES = 100
 
 
 @dataclass
@@ -24,12 +25,18 @@ class FileSummary:
     unchanged: int = 0
     rejected: int = 0
     skipped: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
+    status: str = "running"
+    reasons: dict[str, int] = field(default_factory=dict)  # "field: reason" -> how many records
+    examples: list[Rejection] = field(default_factory=list)  # the first MAX_EXAMPLES rejections, in order
 
     @property
     def stored(self) -> int:
         return self.inserted + self.updated + self.unchanged
 
+    @property
+    def nothing_stored(self) -> bool:
+        """Every record was refused (and none was merely of a kind CareCast skips)."""
+        return self.stored == 0 and self.rejected > 0 and self.skipped == 0
 
 
 def ingest_units(units: Iterable[UnitOfWork], writer: ClinicalWriter, *, source: str, label: str,
@@ -45,6 +52,7 @@ def ingest_units(units: Iterable[UnitOfWork], writer: ClinicalWriter, *, source:
             writer.quarantine(batch_id, source, result.rejections)
             total.merge(result)
             fs.skipped += unit.skipped
+            fs.examples.extend(result.rejections[: max(0, MAX_EXAMPLES - len(fs.examples))])
             for r in result.rejections:
                 key = f"{r.field}: {r.reason}" if r.field else r.reason
                 fs.reasons[key[:160]] = fs.reasons.get(key[:160], 0) + 1
@@ -53,6 +61,7 @@ def ingest_units(units: Iterable[UnitOfWork], writer: ClinicalWriter, *, source:
         status = "partial" if total.rejections else "done"
     finally:
         writer.finish_batch(batch_id, total, status)
+    fs.status = status
     fs.inserted, fs.updated, fs.unchanged, fs.rejected = (total.inserted, total.updated, total.unchanged,
                                                            len(total.rejections))
     return fs

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar
@@ -76,11 +76,18 @@ def _iso(value: datetime | date | None) -> str:
 
 
 class ClinicalWriter:
-    """Writes units of work over one engine with one keyring. Not thread-safe: one per worker."""
+    """Writes units of work over one engine with one keyring. Not thread-safe: one per worker.
 
-    def __init__(self, engine: Engine, keyring: Keyring) -> None:
+    `on_patients_changed(patient_ids, latest_effective_at)`, if given, is called after each committed
+    `write` that inserted or changed observations (the scoring queue's hook); if it raises, the data
+    is already committed and the exception propagates."""
+
+    def __init__(self, engine: Engine, keyring: Keyring,
+                 on_patients_changed: Callable[[set[int], datetime | None], None] | None = None) -> None:
         self.engine = engine
         self.keys = keyring
+        self.on_patients_changed = on_patients_changed
+        self._changes: dict[int, datetime] | None = None  # patient -> latest changed reading, last write
         self._patient_ids: dict[str, int] = {}  # source_key or mrn index -> patients.id
         self._encounter_ids: dict[str, int] = {}
         self._device_ids: dict[str, int] = {}
@@ -140,6 +147,7 @@ class ClinicalWriter:
                     result = self._write_records(conn, unit, batch_id)
                     if result.rejections:
                         raise _AtomicAbort
+                self._announce_changes()
                 return result
             except _AtomicAbort:
                 self._forget_caches()
@@ -148,8 +156,14 @@ class ClinicalWriter:
                     unit, f"transaction rolled back: {failed}", skip={r.where for r in result.rejections})])
         with self.engine.begin() as conn:
             result = self._write_records(conn, unit, batch_id)
+        self._announce_changes()
         result.rejections[:0] = unit.rejections
         return result
+
+    def _announce_changes(self) -> None:
+        changes, self._changes = self._changes, None
+        if changes and self.on_patients_changed is not None:
+            self.on_patients_changed(set(changes), max(changes.values()))
 
     def _reject_all(self, unit: UnitOfWork, reason: str, skip: Iterable[str] = ()) -> list[Rejection]:
         skipped = set(skip)
@@ -177,7 +191,8 @@ class ClinicalWriter:
         for rec, loc in zip(unit.records, self._locations(unit), strict=True):
             by_type[type(rec)].append((rec, loc))
         result = WriteResult()
-        ctx = _Ctx(conn=conn, batch_id=batch_id, unit=unit, result=result)
+        ctx = _Ctx(conn=conn, batch_id=batch_id, unit=unit, result=result,
+                   changed={} if self.on_patients_changed is not None else None)
         for kind in sorted(by_type, key=lambda k: WRITE_ORDER[k]):
             items = by_type[kind]
             if kind is ObservationRecord:
@@ -193,6 +208,7 @@ class ClinicalWriter:
                             resource_type=kind.__name__.removesuffix("Record"), raw=unit.raw.get(loc)))
         if ctx.touched_patients:
             self._derive_readmissions(ctx)
+        self._changes = ctx.changed
         return result
 
     # -- reference resolution -----------------------------------------------------------------------
@@ -460,6 +476,10 @@ class ClinicalWriter:
                     .values({c: bindparam("b_" + c) for c in cols}))
             conn.execute(stmt, [{"b_key": r[0], **{"b_" + c: _from_driver(v, sqlite)
                                                    for c, v in zip(cols, r[1:], strict=True)}} for r in changed])
+        if ctx.changed is not None:
+            for written in itertools.chain(new, changed):
+                when = _from_driver(written[8], sqlite)
+                ctx.changed[written[1]] = max(when, ctx.changed.get(written[1], when))
         result.inserted += len(new)
         result.updated += len(changed)
         result.unchanged += len(rows) - len(new) - len(changed)
@@ -507,6 +527,7 @@ class _Ctx:
     unit: UnitOfWork
     result: WriteResult
     touched_patients: set[int] = field(default_factory=set)
+    changed: dict[int, datetime] | None = None  # patient -> latest new/changed reading, when someone listens
 
 
 def record_kind(record: Record) -> str:

@@ -162,3 +162,11 @@ def test_news2_from_last_bedside_values() -> None:
                          val("heart_rate"), None if val("acvpu") is None else int(val("acvpu")),  # type: ignore[arg-type]
                          val("temperature"))
         assert row["news2_total"] == expected.total
+
+
+def test_a_patient_without_reports_or_diagnoses() -> None:
+    frames = _frames()
+    alone = ClinicalFrames(patients=frames.patients, encounters=frames.encounters,
+                           observations=frames.observations).conformed()  # empty reports and conditions
+    X = build_features(alone, _queries(frames, n=5))
+    assert (X["imaging_reports"] == 0).all() and (X["charlson_index"] == 0).all()

@@ -1,0 +1,265 @@
+"""Score one patient from the store and keep the result: frames -> the training feature builder -> champion
+models -> one `predictions` row per (patient, task, model version, data time), stored once.
+
+`score_frames` is the pure part (no database: it also scores frames built from a CDS Hooks prefetch);
+`score_patient` loads the frames, calls it and stores idempotently; `latest_predictions`, `current_risks` and
+`risk_trajectory` read the results back.
+
+The data time of a score is the time of the patient's latest bedside observation (the moments the models
+were trained on), so re-scoring unchanged data finds its row already stored and stores nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, Engine, Select, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from carecast.domain.frames import ClinicalFrames
+from carecast.errors import NotFoundError
+from carecast.features.builder import BEDSIDE_SOURCES, build_features
+from carecast.features.spec import FeatureSpec
+from carecast.scoring.predictor import Predictor, ScoredRisk
+from carecast.store import Store
+from carecast.store import schema as S
+from carecast.store.frames import load_frames
+
+NEWS2_PARAMETERS = 7  # respiration, SpO2, air or oxygen, systolic BP, pulse, consciousness, temperature
+_KEY = ("patient_id", "task", "model_version", "data_time")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPrediction:
+    """A stored risk score. `created` is True only in the answer of the call that stored it."""
+
+    id: int
+    patient_id: int
+    patient_uid: str | None
+    encounter_id: int | None
+    unit: str | None
+    task: str
+    model_version: str
+    risk: float
+    band: str
+    news2: int | None
+    factors: list[dict[str, Any]]
+    data_time: datetime
+    computed_at: datetime
+    shadow: bool = False
+    created: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, without the internal row ids."""
+        return {"patient_uid": self.patient_uid, "unit": self.unit, "task": self.task,
+                "model_version": self.model_version, "risk": self.risk, "band": self.band, "news2": self.news2,
+                "factors": self.factors, "data_time": self.data_time.isoformat(),
+                "computed_at": self.computed_at.isoformat(), "shadow": self.shadow}
+
+
+@dataclass(frozen=True)
+class FrameScore:
+    """What `score_frames` found: the encounter and data time scored, NEWS2 and one risk per model."""
+
+    patient_id: int
+    encounter_id: int | None
+    unit: str | None
+    data_time: datetime | None
+    news2: int | None
+    risks: list[ScoredRisk] = field(default_factory=list)
+
+
+def _utc(value: Any) -> datetime | None:
+    if value is None or (not isinstance(value, datetime) and pd.isna(value)):
+        return None
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
+    return stamp.to_pydatetime()
+
+
+def latest_bedside_time(frames: ClinicalFrames, patient_id: int) -> datetime | None:
+    obs = frames.observations
+    times = obs.loc[(obs["patient_id"] == patient_id) & obs["source"].isin(BEDSIDE_SOURCES), "effective_at"]
+    return _utc(times.max()) if len(times) else None
+
+
+def current_encounter(encounters: pd.DataFrame, patient_id: int, t: datetime | None) -> pd.Series | None:
+    """The patient's encounter at time t: the latest admission not discharged by then, else the latest
+    admission (started by t, when t is known). None when the patient has no encounter."""
+    enc = encounters[encounters["patient_id"] == patient_id]
+    if enc.empty:
+        return None
+    if t is not None:
+        started = enc[enc["admitted_at"] <= pd.Timestamp(t)]
+        enc = started if not started.empty else enc
+        still_in = enc["discharged_at"].isna() | (enc["discharged_at"] >= pd.Timestamp(t))
+    else:
+        still_in = enc["discharged_at"].isna()
+    pool = enc[still_in] if still_in.any() else enc
+    return pool.sort_values(["admitted_at", "encounter_id"], kind="stable").iloc[-1]
+
+
+def _news2(row: Mapping[str, object]) -> int | None:
+    total, missing = row.get("news2_total"), row.get("news2_missing")
+    if not isinstance(total, (int, float)) or math.isnan(float(total)):
+        return None
+    if isinstance(missing, (int, float)) and not math.isnan(float(missing)) and missing >= NEWS2_PARAMETERS:
+        return None  # nothing NEWS2 reads was recorded: a 0 would look reassuring
+    return int(total)
+
+
+def score_frames(predictor: Predictor, frames: ClinicalFrames, patient_id: int, *, tasks: Sequence[str] | None = None,
+                 at: datetime | None = None, shadow_challenger: bool = False,
+                 spec: FeatureSpec | None = None) -> FrameScore:
+    """Score a patient from frames (no database). Tasks default to every task with a champion; a task
+    asked for by name without a champion raises NotFoundError. With `shadow_challenger`, each task's
+    challenger (when loaded) scores the same row too, as a shadow risk."""
+    if at is not None and at.tzinfo is None:
+        raise ValueError("at must be timezone-aware")
+    t = at or latest_bedside_time(frames, patient_id)
+    enc = current_encounter(frames.encounters, patient_id, t)
+    if enc is None:
+        return FrameScore(patient_id=patient_id, encounter_id=None, unit=None, data_time=t, news2=None)
+    encounter_id = int(enc["encounter_id"])
+    unit = enc["unit"] if isinstance(enc["unit"], str) else None
+    if t is None:
+        t = _utc(enc["admitted_at"])  # nothing measured yet: what is known at admission
+    if t is None:
+        return FrameScore(patient_id=patient_id, encounter_id=encounter_id, unit=unit, data_time=None, news2=None)
+    query = pd.DataFrame({"patient_id": [patient_id], "encounter_id": [encounter_id], "t": [pd.Timestamp(t)]})
+    X = build_features(frames, query, spec)
+    row = {str(k): v for k, v in X.iloc[0].items()}
+    wanted = list(tasks) if tasks is not None else [task for task in predictor.tasks if predictor.has(task)]
+    risks = [predictor.predict(task, row) for task in wanted]
+    if shadow_challenger:
+        risks += [predictor.predict(task, row, alias="challenger") for task in wanted
+                  if predictor.has(task, "challenger")]
+    return FrameScore(patient_id=patient_id, encounter_id=encounter_id, unit=unit, data_time=t, news2=_news2(row),
+                      risks=risks)
+
+
+def score_patient(store: Store, predictor: Predictor, patient_id: int, *, tasks: Sequence[str] | None = None,
+                  at: datetime | None = None, shadow_challenger: bool = False) -> list[StoredPrediction]:
+    """Score a stored patient at the time of their latest bedside observation (or `at`) and store each risk
+    once: a second call with the same data and models stores nothing and returns the rows already there.
+
+    Returns [] for a patient without an encounter; raises NotFoundError for an unknown patient."""
+    frames = load_frames(store.engine, store.keyring, patient_ids=[patient_id], until=at)
+    if frames.patients.empty:
+        raise NotFoundError("unknown patient")
+    scored = score_frames(predictor, frames, patient_id, tasks=tasks, at=at, shadow_challenger=shadow_challenger)
+    if not scored.risks or scored.data_time is None:
+        return []
+    now = datetime.now(UTC)
+    with store.engine.begin() as conn:
+        return [_store_one(conn, scored, scored.data_time, risk, now) for risk in scored.risks]
+
+
+def _insert_ignoring_duplicates(conn: Connection, values: dict[str, Any]) -> int | None:
+    """INSERT ... ON CONFLICT (patient, task, version, data time) DO NOTHING; the new id, or None."""
+    table = S.table(S.Prediction)
+    name = conn.dialect.name
+    if name == "postgresql":
+        stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=list(_KEY))
+    elif name == "sqlite":
+        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=list(_KEY))
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported stores
+        raise NotImplementedError(f"predictions are not supported on {name}")
+    found = conn.execute(stmt.returning(table.c.id)).scalar_one_or_none()
+    return None if found is None else int(found)
+
+
+def _store_one(conn: Connection, scored: FrameScore, data_time: datetime, risk: ScoredRisk,
+               now: datetime) -> StoredPrediction:
+    values = {"patient_id": scored.patient_id, "encounter_id": scored.encounter_id, "task": risk.task,
+              "model_version": risk.model_version, "risk": risk.risk, "band": risk.band, "news2": scored.news2,
+              "factors": json.dumps(risk.factors, allow_nan=False), "data_time": data_time,
+              "computed_at": now, "shadow": risk.shadow}
+    new_id = _insert_ignoring_duplicates(conn, values)
+    P = S.table(S.Prediction)
+    row = conn.execute(_with_context().where(
+        P.c.patient_id == scored.patient_id, P.c.task == risk.task, P.c.model_version == risk.model_version,
+        P.c.data_time == data_time)).one()
+    if new_id is None and row.shadow and not risk.shadow:
+        # A challenger's shadow score of this very row, and the challenger is champion now: it counts.
+        conn.execute(update(P).where(P.c.id == row.id).values(shadow=False))
+        return _from_row(row, shadow=False)
+    return _from_row(row, created=new_id is not None)
+
+
+# -- reading ----------------------------------------------------------------------------------------------
+
+_FIELDS = ("id", "patient_id", "patient_uid", "encounter_id", "unit", "task", "model_version", "risk", "band",
+           "news2", "factors", "data_time", "computed_at", "shadow")
+
+
+def _with_context(*extra: Any) -> Select[Any]:
+    """Predictions with the patient's public uid and the encounter's unit."""
+    P = S.table(S.Prediction)
+    return (select(*P.c, S.Patient.uid.label("patient_uid"), S.Encounter.unit.label("unit"), *extra)
+            .join_from(P, S.Patient, S.Patient.id == P.c.patient_id)
+            .outerjoin(S.Encounter, S.Encounter.id == P.c.encounter_id))
+
+
+def _from_row(row: Any, *, created: bool = False, shadow: bool | None = None) -> StoredPrediction:
+    m = row._mapping
+    return StoredPrediction(
+        id=int(m["id"]), patient_id=int(m["patient_id"]), patient_uid=m["patient_uid"],
+        encounter_id=None if m["encounter_id"] is None else int(m["encounter_id"]), unit=m["unit"],
+        task=m["task"], model_version=m["model_version"], risk=float(m["risk"]), band=m["band"], news2=m["news2"],
+        factors=json.loads(m["factors"] or "[]"), data_time=m["data_time"], computed_at=m["computed_at"],
+        shadow=bool(m["shadow"]) if shadow is None else shadow, created=created)
+
+
+def _newest(where: Iterable[Any], partition: Any, *, include_shadow: bool = False) -> Select[Any]:
+    """Predictions matching `where`, only the newest within each `partition`: newest data time, then newest
+    row (after a champion change, the new model's score of the same data wins)."""
+    P = S.table(S.Prediction)
+    conditions = list(where)
+    if not include_shadow:
+        conditions.append(P.c.shadow.is_(False))
+    rank = func.row_number().over(partition_by=partition, order_by=(P.c.data_time.desc(), P.c.id.desc()))
+    sub = _with_context(rank.label("rank")).where(*conditions).subquery()
+    return select(*(sub.c[name] for name in _FIELDS)).where(sub.c["rank"] == 1)
+
+
+def latest_predictions(engine: Engine, patient_id: int, *, include_shadow: bool = False) -> dict[str, StoredPrediction]:
+    """The newest stored prediction of each task for a patient."""
+    P = S.table(S.Prediction)
+    with engine.connect() as conn:
+        rows = conn.execute(_newest([P.c.patient_id == patient_id], P.c.task, include_shadow=include_shadow)).all()
+    return {r.task: _from_row(r) for r in rows}
+
+
+def current_risks(engine: Engine, task: str, patient_ids: Iterable[int] | None = None) -> dict[int, StoredPrediction]:
+    """The newest prediction of `task` per patient (all patients, or those given): for ward lists sorted
+    by risk."""
+    P = S.table(S.Prediction)
+    where: list[Any] = [P.c.task == task]
+    if patient_ids is not None:
+        where.append(P.c.patient_id.in_(list(patient_ids)))
+    with engine.connect() as conn:
+        rows = conn.execute(_newest(where, P.c.patient_id)).all()
+    return {int(r.patient_id): _from_row(r) for r in rows}
+
+
+def risk_trajectory(engine: Engine, patient_id: int, task: str, since: datetime | None = None, *,
+                    until: datetime | None = None) -> list[StoredPrediction]:
+    """A patient's risk over time for one task, oldest first: one point per data time (the newest model's
+    score of it), for data times within [since, until]."""
+    P = S.table(S.Prediction)
+    where: list[Any] = [P.c.patient_id == patient_id, P.c.task == task]
+    if since is not None:
+        where.append(P.c.data_time >= since)
+    if until is not None:
+        where.append(P.c.data_time <= until)
+    stmt = _newest(where, P.c.data_time)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt.order_by(stmt.selected_columns.data_time, stmt.selected_columns.id)).all()
+    return [_from_row(r) for r in rows]
