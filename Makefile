@@ -23,9 +23,8 @@ $(STAMP): pyproject.toml requirements/dev.lock
 install: $(STAMP) ## Create .venv and install the locked dependencies
 
 .PHONY: run
-run: $(STAMP) ## Simulate a hospital, ingest it into the store (./var) and print a summary
-	$(BIN)/carecast db upgrade
-	$(BIN)/carecast demo
+run: $(STAMP) ## Start the API on 127.0.0.1:8000 with a synthetic hospital streaming live (./var)
+	$(BIN)/carecast run
 
 .PHONY: test
 test: lint typecheck ## Lint, type-check, then run the tests (SQLite and PostgreSQL)

@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -221,7 +222,8 @@ def _simulate(patients: int, days: float, seed: int, wearable_share: float, shif
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @handle_errors
 def demo(patients: int, days: float, seed: int) -> None:
-    """Simulate a hospital, ingest it into the store and print a summary (what `make run` does)."""
+    """Simulate a hospital, ingest it into the store and print a summary (offline; `make run` starts
+    `carecast run`)."""
     from carecast.jobs.ingest import ingest_paths
     from carecast.store import queries
 
@@ -409,12 +411,23 @@ def models_rollback(task: str, reason: str) -> None:
 @click.option("--workers", type=int, default=None, help="gunicorn workers (default: one per core).")
 @handle_errors
 def serve(host: str, port: int, workers: int | None) -> None:
-    """Run the REST API under gunicorn (graceful shutdown within 10 s; OMP threads 1)."""
+    """Run the REST API under gunicorn (graceful shutdown within 10 s; OMP threads 1).
+
+    Without CARECAST_QUEUE_URL each worker process also scores queued patients in a thread.
+    """
     from carecast.serving.wsgi import serve as run
 
     store = _open_store()  # migrate and check keys once, before the workers start
     store.close()
-    run(host=host, port=port, workers=workers)
+    run(host=host, port=port, workers=workers, app_factory=_app_factory())
+
+
+def _app_factory() -> Callable[[], Any]:
+    """Builds each gunicorn worker's app with the embedded scoring worker (serving may not import jobs)."""
+    from carecast.jobs.worker import WorkerThread
+    from carecast.serving.app import app_from_env
+
+    return functools.partial(app_from_env, worker_factory=WorkerThread)
 
 
 @main.command()
@@ -444,6 +457,206 @@ def worker(max_jobs: int | None) -> None:
     finally:
         store.close()
     click.echo(f"worker stopped: {stats}")
+
+
+@main.command()
+@click.option("--speed", default=60.0, show_default=True, help="Simulated seconds per real second.")
+@click.option("--days", default=30.0, show_default=True, help="Simulated days the feed lasts.")
+@click.option("--resume/--restart", default=True, show_default=True,
+              help="Go on from where an earlier feed stopped, or start again from the end of the history.")
+@handle_errors
+def live(speed: float, days: float, resume: bool) -> None:
+    """Stream the synthetic hospital into the store live, after the history `carecast run` ingested.
+
+    New readings are written about once a second and their patients queued for scoring. Stops at the end
+    of the simulated window, or on Ctrl-C / SIGTERM.
+    """
+    import signal
+    import threading
+
+    from carecast.jobs.live import HISTORY, live_config, resume_point, stream_hospital
+    from carecast.scoring.queue import make_queue
+
+    if not speed > 0:
+        raise click.UsageError("--speed must be positive")
+    if not days > 0:
+        raise click.UsageError("--days must be positive")
+    settings = _settings()
+    config = live_config(HISTORY, days)
+    store = _open_store()
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        start_at, skip_before = config.start, None
+        if resume:
+            found = resume_point(store, config)
+            if found is not None:
+                start_at, skip_before = found, found - LIVE_OVERLAP
+        click.echo(f"live feed: {config.patients} patients over {days:g} simulated days from "
+                   f"{start_at.isoformat(timespec='minutes')}, {speed:g}x real time")
+        report = _live_reporter()
+        stats = stream_hospital(store, config, speed=speed, start_at=start_at, stop=stop, skip_before=skip_before,
+                                queue=make_queue(settings, engine=store.engine), on_written=report)
+    finally:
+        store.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    click.echo(f"live feed stopped at {stats.simulated_until}: {stats.inserted:,} new records in {stats.batches:,} "
+               f"batches, {stats.rejected:,} quarantined, {stats.patients_queued:,} patients queued for scoring")
+
+
+LIVE_OVERLAP = timedelta(hours=2)  # rewritten on resume (idempotent): the feed's last minutes may be incomplete
+LIVE_REPORT_S = 60.0
+
+
+def _live_reporter() -> Callable[[Any, Any], None]:
+    import time
+
+    last = [time.monotonic()]
+
+    def report(_summary: Any, stats: Any) -> None:
+        if time.monotonic() - last[0] >= LIVE_REPORT_S:
+            last[0] = time.monotonic()
+            at = stats.simulated_until.isoformat(timespec="minutes") if stats.simulated_until else "-"
+            click.echo(f"live feed at {at}: {stats.inserted:,} new records, {stats.patients_queued:,} patients "
+                       "queued for scoring")
+
+    return report
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", type=int, default=None, help="gunicorn workers (default: one per core).")
+@click.option("--speed", default=60.0, show_default=True, help="Live feed: simulated seconds per real second.")
+@handle_errors
+def run(host: str, port: int, workers: int | None, speed: float) -> None:
+    """Start CareCast with a synthetic hospital streaming live into it (what `make run` does).
+
+    The first time: simulate 10 days of a 400-patient hospital, ingest it, train the deterioration model
+    and create the first admin user with a generated password (printed once). Then start the live feed
+    (`carecast live`, a child process) and the API on HOST:PORT. Ctrl-C stops both.
+    """
+    import os
+    import subprocess
+
+    from carecast.serving.wsgi import serve as run_server
+
+    if not speed > 0:
+        raise click.UsageError("--speed must be positive")
+    settings = _settings()
+    store = _open_store()
+    try:
+        _prepare_history(settings, store)
+        password = _first_admin(store)
+        admin, token = _admin_token(store)
+    finally:
+        store.close()
+    # A child process, not a thread: gunicorn forks its workers from this process.
+    feed = subprocess.Popen([sys.executable, "-m", "carecast.cli", "live", "--speed", f"{speed:g}"])  # noqa: S603
+    base = f"http://{host}:{port}"
+    click.echo("")
+    click.secho(f"CareCast is starting at {base}  (API: {base}/api/v1/docs)", bold=True)
+    if password is not None:
+        click.echo(f"first admin user: {admin}  password: {password}")
+        click.echo("    (shown once and stored only as a hash: keep it now)")
+    click.echo(f"a 12-hour API token for {admin}: {token}")
+    click.echo(f"    curl -H 'Authorization: Bearer {token}' {base}/api/v1/models")
+    click.echo("watch risks change live as a clinician of a ward:")
+    click.echo("    carecast users create dr-demo --role clinician --unit 'Medical Ward 4W'")
+    click.echo("    TOKEN=$(carecast tokens issue dr-demo --name demo --hours 12)")
+    click.echo(f"    curl -N -H \"Authorization: Bearer $TOKEN\" {base}/api/v1/stream")
+    click.echo("Ctrl-C stops the server and the live feed.\n")
+    parent = os.getpid()
+    try:
+        run_server(host=host, port=port, workers=workers, app_factory=_app_factory())
+    finally:
+        if os.getpid() == parent:  # gunicorn's workers are forked from here and leave through here too
+            _stop_child(feed)
+
+
+def _stop_child(child: Any, timeout: float = 15.0) -> None:
+    import subprocess
+
+    if child.poll() is None:
+        child.terminate()
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _prepare_history(settings: Settings, store: Any) -> None:
+    """The history `run` needs: a simulated hospital in an empty store, a champion model, scored patients."""
+    from sqlalchemy import func, select
+
+    from carecast.jobs.ingest import ingest_paths
+    from carecast.jobs.live import HISTORY, queue_in_house
+    from carecast.jobs.training import run_training
+    from carecast.scoring.queue import make_queue
+    from carecast.store import schema as S
+
+    h = HISTORY
+    out_dir = settings.data_dir / "simulated" / f"seed{h.seed}-p{h.patients}-d{h.days:g}-w{h.wearable_share:g}"
+    with store.engine.connect() as conn:
+        empty = not conn.execute(select(func.count()).select_from(S.Patient)).scalar()
+    changed = False
+    if empty:
+        if not (out_dir / "truth" / "summary.json").exists():
+            click.echo(f"simulating the history: {h.patients} patients over {h.days:g} days into {out_dir}")
+            _simulate(h.patients, h.days, h.seed, h.wearable_share, None, out_dir)
+        click.echo("ingesting the history")
+        _print_summary(_run_ingest(ingest_paths, (out_dir,), store, None))
+        changed = True
+    registry = _registry()
+    if not registry.aliases(RUN_TASK).get("champion"):
+        click.echo(f"training {RUN_TASK} (the first model becomes champion)")
+        truth = out_dir / "truth" / "risk.csv"
+        trained = run_training(store, registry, RUN_TASK, truth_csv=truth if truth.exists() else None,
+                               n_boot=RUN_BOOTSTRAP, progress=_progress_printer())
+        auroc = trained.result.report["metrics"]["auroc"]["value"]
+        click.echo(f"{RUN_TASK} {trained.version}: AUROC {auroc:.3f} on held-out patients")
+        changed = True
+    if changed:
+        n = queue_in_house(store, make_queue(settings, engine=store.engine))
+        click.echo(f"{n} in-house patients queued for scoring")
+
+
+RUN_TASK = "deterioration_24h"
+RUN_BOOTSTRAP = 200
+ADMIN = "admin"
+
+
+def _first_admin(store: Any) -> str | None:
+    """Create the first admin (with a generated password, returned) when there is no user at all."""
+    import secrets
+
+    from carecast.security.users import create_user, list_users
+
+    if list_users(store.engine):
+        return None
+    password = secrets.token_urlsafe(18)
+    create_user(store.engine, ADMIN, password, "admin")
+    return password
+
+
+def _admin_token(store: Any) -> tuple[str, str]:
+    """A fresh 12-hour token for the first admin user (by id)."""
+    from sqlalchemy import select
+
+    from carecast.errors import NotFoundError
+    from carecast.security.permissions import ROLE_PERMISSIONS
+    from carecast.security.tokens import issue_token
+    from carecast.store import schema as S
+
+    with store.engine.connect() as conn:
+        user = conn.execute(select(S.User.id, S.User.username).where(S.User.role == "admin", S.User.active.is_(True))
+                            .order_by(S.User.id).limit(1)).first()
+    if user is None:
+        raise NotFoundError("no active admin user; create one with `carecast users create NAME --role admin`")
+    scopes = [str(p) for p in ROLE_PERMISSIONS["admin"]]
+    return user.username, issue_token(store.engine, int(user.id), "carecast run", scopes, ttl_hours=12)
 
 
 # -- users, tokens, audit ----------------------------------------------------------------------------------
@@ -607,6 +820,75 @@ def audit_export(limit: int, fhir: bool) -> None:
                      "entry": [{"resource": as_fhir_audit_event(r)} for r in rows]})
     else:
         _print_json(rows)
+
+
+# -- CDS Hooks clients -------------------------------------------------------------------------------------------
+
+@main.group()
+def cds() -> None:
+    """CDS Hooks: the EHR clients allowed to call the CDS services, by JWT issuer and public key."""
+
+
+@cds.command("register-client")
+@click.option("--iss", required=True, help="The issuer (`iss`) the EHR puts in its tokens.")
+@click.option("--public-key", "public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The EHR's public key or certificate (PEM): EC P-256/P-384 or RSA >= 2048 bits.")
+@click.option("--jwks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Or a JWK Set file of public keys, each with a kid.")
+@click.option("--kid", default=None, help="Key id of --public-key (default: its RFC 7638 thumbprint).")
+@click.option("--audience", default=None,
+              help="Public base URL the EHR calls CareCast at (pins `aud`); default: the URL requests arrive at.")
+@handle_errors
+def cds_register_client(iss: str, public_key: Path | None, jwks: Path | None, kid: str | None,
+                        audience: str | None) -> None:
+    """Register an EHR client, or add a key to one (a key with the same kid is replaced)."""
+    from carecast.errors import InputError
+    from carecast.security.cds_jwt import public_jwk_from_pem, public_jwks_from_json, register_client
+
+    if public_key is not None and jwks is None:
+        keys = [public_jwk_from_pem(public_key.read_bytes(), kid)]
+    elif jwks is not None and public_key is None:
+        keys = public_jwks_from_json(jwks.read_text(encoding="utf-8"))
+    else:
+        raise InputError("give exactly one of --public-key and --jwks")
+    store = _open_store()
+    try:
+        client = register_client(store.engine, iss, keys, audience=audience)
+    finally:
+        store.close()
+    click.echo(f"CDS client #{client.id} {client.iss}: key ids {', '.join(client.kids)}"
+               + (f"; audience {client.audience}" if client.audience else ""))
+
+
+@cds.command("list-clients")
+@handle_errors
+def cds_list_clients() -> None:
+    """List registered EHR clients with their key ids."""
+    from carecast.security.cds_jwt import list_clients
+
+    store = _open_store()
+    try:
+        for c in list_clients(store.engine):
+            click.echo(f"#{c.id} {c.iss}  keys: {', '.join(c.kids)}  audience: {c.audience or '(request URL)'}")
+    finally:
+        store.close()
+
+
+@cds.command("remove-client")
+@click.option("--iss", required=True)
+@handle_errors
+def cds_remove_client(iss: str) -> None:
+    """Remove an EHR client: its tokens are refused from now on."""
+    from carecast.errors import NotFoundError
+    from carecast.security.cds_jwt import remove_client
+
+    store = _open_store()
+    try:
+        if not remove_client(store.engine, iss):
+            raise NotFoundError("no such CDS client")
+    finally:
+        store.close()
+    click.echo("CDS client removed")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -91,13 +91,16 @@ CARECAST_QUEUE_URL = EnvVar("CARECAST_QUEUE_URL", str, None,
                             "Scoring queue: a redis:// URL, or unset to keep the queue in the database "
                             "(durable on SQLite and PostgreSQL).")
 CARECAST_EVENTS_URL = EnvVar("CARECAST_EVENTS_URL", str, None,
-                             "Live-update bus: a redis:// URL so every API process sees every update, or unset "
-                             "for the in-process bus of a single process.")
+                             "Live-update bus: a redis:// URL (pub/sub across processes and hosts), or unset to "
+                             "follow new predictions in the database (works across processes, polls ~4x/s).")
+CARECAST_RATE_LIMIT = EnvVar("CARECAST_RATE_LIMIT", _positive_int, 1200,
+                             "API requests per minute per user (and per address for failed sign-ins); 429 beyond. "
+                             "Shared across processes through CARECAST_QUEUE_URL's Redis when that is set.")
 
 ALL_VARIABLES: tuple[EnvVar[Any], ...] = (
     CARECAST_ENV, CARECAST_DATA_DIR, CARECAST_DATABASE_URL, CARECAST_DATA_KEY,
     CARECAST_KEY_FILE, CARECAST_LOG_LEVEL, CARECAST_INGEST_CHUNK, CARECAST_MODEL_REGISTRY, CARECAST_QUEUE_URL,
-    CARECAST_EVENTS_URL,
+    CARECAST_EVENTS_URL, CARECAST_RATE_LIMIT,
 )
 
 
@@ -115,6 +118,7 @@ class Settings:
     model_registry: str = "var/models"
     queue_url: str | None = None
     events_url: str | None = None
+    rate_limit: int = 1200
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -133,6 +137,7 @@ class Settings:
             model_registry=CARECAST_MODEL_REGISTRY.read(env) or str(data_dir / "models"),
             queue_url=CARECAST_QUEUE_URL.read(env),
             events_url=CARECAST_EVENTS_URL.read(env),
+            rate_limit=CARECAST_RATE_LIMIT.read(env),  # type: ignore[arg-type]
         )
 
     @property

@@ -5,6 +5,8 @@ Two implementations of one Protocol, `EventBus`:
 - `InProcessBus` fans out to subscribers in this process (the embedded default, and tests).
 - `RedisBus` publishes on a Redis pub/sub channel, so a client connected to any API process or host sees
   updates scored anywhere. One listener thread per process feeds that process's local subscribers.
+- `DatabaseBus` needs no Redis: the `predictions` table is the log. One poller thread per process reads
+  the rows stored since it last looked (by any process) and feeds that process's local subscribers.
 
 Publishing never blocks on a subscriber: each subscriber has a bounded buffer that drops its oldest event
 when a slow client falls behind (the stored predictions stay the truth; a client that missed events
@@ -19,11 +21,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from sqlalchemy import Engine, Select, func, or_, select
+
+from carecast.store import schema as S
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +286,161 @@ class RedisBus:
         self.client.close()
 
 
-def make_bus(url: str | None = None, **kwargs: Any) -> EventBus:
-    """A RedisBus for a redis:// URL, else the in-process bus."""
+@dataclass(frozen=True, slots=True)
+class StoredRiskEvent(RiskEvent):
+    """A RiskEvent read back from the `predictions` table, with the row's id (the Server-Sent Events id)."""
+
+    prediction_id: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The same fields as any RiskEvent: the row id travels beside the data, not in it."""
+        out = RiskEvent.to_dict(self)
+        del out["prediction_id"]
+        return out
+
+
+class DatabaseBus:
+    """Risk events read from the `predictions` table: no Redis, and still every process sees every update.
+
+    `publish` does nothing (the stored row is the event). `subscribe` starts, on first use, one poller
+    thread per bus that every `poll_s` seconds reads the rows stored since the last read, by this process
+    or any other, and hands each non-shadow row, with its patient's public uid and its encounter's unit,
+    to this process's subscribers. Nothing is read while no one subscribes.
+
+    PostgreSQL hands out ids before commit, so a row may become visible after a higher id was read: an id
+    skipped over is looked for again for `gap_wait_s` seconds before it is given up (a rolled-back insert
+    leaves such a gap for good). A shadow score later counted as the champion's (an update, not a new row)
+    is not announced; readers of the table see it.
+    """
+
+    def __init__(self, engine: Engine, *, poll_s: float = 0.25, batch: int = 500, gap_wait_s: float = 10.0,
+                 max_gaps: int = 1000) -> None:
+        self.engine = engine
+        self.poll_s = poll_s
+        self.batch = batch
+        self.gap_wait_s = gap_wait_s
+        self.max_gaps = max_gaps
+        self._local = InProcessBus()
+        self._lock = threading.Lock()  # guards the read position and the poller's start
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._high: int | None = None  # the highest id read; None: unknown (nobody listening)
+        self._gaps: dict[int, float] = {}  # ids skipped over -> monotonic deadline
+
+    def publish(self, event: RiskEvent | Mapping[str, Any]) -> None:
+        """Nothing to do: the worker stored the prediction, and that row is the event."""
+
+    def subscribe(self, maxsize: int = DEFAULT_BUFFER) -> LocalSubscription:
+        """A subscription that receives every prediction committed after this call returns."""
+        with self._lock:
+            if self._high is None:
+                self._high = self.head()
+                self._gaps.clear()
+            sub = self._local.subscribe(maxsize)
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._poll_loop, name="carecast-risk-poller", daemon=True)
+                self._thread.start()
+        return sub
+
+    # -- reading the table --------------------------------------------------------------------------------------
+
+    def head(self) -> int:
+        """The highest prediction id stored (0 when there is none)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(S.table(S.Prediction).c.id))).scalar() or 0)
+
+    def read_since(self, after_id: int, limit: int = 500) -> list[StoredRiskEvent]:
+        """Non-shadow predictions with an id above `after_id`, oldest first, at most `limit` of them."""
+        P = S.table(S.Prediction)
+        with self.engine.connect() as conn:
+            rows = conn.execute(_event_rows().where(P.c.id > after_id, P.c.shadow.is_(False))
+                                .order_by(P.c.id).limit(limit)).all()
+        return [_stored_event(r) for r in rows]
+
+    def _poll_loop(self) -> None:
+        delay = self.poll_s
+        while not self._stop.is_set():
+            try:
+                more = self.poll()
+                delay = self.poll_s
+            except Exception as exc:  # the database restarting: retry with backoff; the thread must not die
+                more = False
+                log.warning("risk event poller could not read predictions (%s); retrying in %.1f s",
+                            type(exc).__name__, delay)
+                delay = min(max(delay, self.poll_s) * 2, 10.0)
+            if not more:
+                self._stop.wait(delay)
+
+    def poll(self) -> bool:
+        """Read once and deliver what is new; True when a full batch was read (more may be waiting)."""
+        with self._lock:
+            if self._local.subscribers == 0:
+                self._high = None  # nobody listens: start afresh from the head at the next subscribe
+                return False
+            high = self._high if self._high is not None else self.head()
+            now = time.monotonic()
+            for gap in [g for g, deadline in self._gaps.items() if deadline <= now]:
+                del self._gaps[gap]
+            P = S.table(S.Prediction)
+            wanted = P.c.id > high
+            if self._gaps:
+                wanted = or_(wanted, P.c.id.in_(sorted(self._gaps)))
+            with self.engine.connect() as conn:
+                rows = conn.execute(_event_rows().where(wanted).order_by(P.c.id).limit(self.batch)).all()
+            events = []
+            for r in rows:
+                rid = int(r.id)
+                if rid > high:
+                    skipped = rid - high - 1
+                    if skipped > 0 and len(self._gaps) + skipped <= self.max_gaps:
+                        deadline = now + self.gap_wait_s
+                        self._gaps.update(dict.fromkeys(range(high + 1, rid), deadline))
+                    high = rid
+                elif self._gaps.pop(rid, None) is None:
+                    continue  # already delivered
+                if not r.shadow:
+                    events.append(_stored_event(r))
+            self._high = high
+        for event in events:
+            self._local.publish(event)
+        return len(rows) >= self.batch
+
+    @property
+    def subscribers(self) -> int:
+        return self._local.subscribers
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self._local.close()
+
+
+def _event_rows() -> Select[Any]:
+    """Predictions with what an event shows: the patient's public uid and the unit of the scored stay."""
+    P = S.table(S.Prediction)
+    return (select(P.c.id, P.c.shadow, P.c.task, P.c.risk, P.c.band, P.c.model_version, P.c.data_time, P.c.news2,
+                   S.Patient.uid.label("patient_uid"), S.Encounter.unit.label("unit"))
+            .join_from(P, S.Patient, S.Patient.id == P.c.patient_id)
+            .outerjoin(S.Encounter, S.Encounter.id == P.c.encounter_id))
+
+
+def _stored_event(row: Any) -> StoredRiskEvent:
+    when: datetime = row.data_time
+    if when.tzinfo is None:  # pragma: no cover - the store's UTCDateTime always answers aware times
+        when = when.replace(tzinfo=UTC)
+    return StoredRiskEvent(patient_uid=str(row.patient_uid), unit=row.unit, task=row.task, risk=float(row.risk),
+                           band=row.band, model_version=row.model_version, data_time=when,
+                           news2=None if row.news2 is None else int(row.news2), prediction_id=int(row.id))
+
+
+def make_bus(url: str | None = None, *, engine: Engine | None = None, **kwargs: Any) -> EventBus:
+    """A RedisBus for a redis:// URL; else a DatabaseBus over `engine` when one is given (every process
+    sees every update through the predictions table); else the in-process bus."""
     if url and url.startswith(("redis://", "rediss://", "unix://")):
         return RedisBus(url, **kwargs)
+    if engine is not None:
+        return DatabaseBus(engine, **kwargs)
     return InProcessBus()

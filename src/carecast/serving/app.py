@@ -3,17 +3,25 @@
 Tests hand in their own store, predictor, queue and bus; otherwise they are built from the settings.
 The API authenticates with bearer tokens only, so no session secret is needed here (the UI adds its own).
 An app whose views do not all declare a permission (or `@public`) is refused at creation.
+
+The embedded default (no `CARECAST_QUEUE_URL`) scores inside the API process: given a `worker_factory`
+(`carecast.jobs.worker.WorkerThread`; serving may not import jobs, so the caller hands it in), an app that
+built its own database queue starts one scoring worker thread. Several processes each running one is safe
+(the queue leases its jobs). `shutdown(app)` ends the live streams and stops that worker.
 """
 
 from __future__ import annotations
 
+import atexit
+from collections.abc import Callable
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from carecast.config import Settings
+from carecast.errors import ConfigError
 from carecast.models.registry import Registry
 from carecast.models.tasks import TASKS
 from carecast.security.audit import AuditLog
@@ -21,9 +29,32 @@ from carecast.serving import errors, health
 from carecast.serving.api_v1 import MAX_INGEST_BYTES
 from carecast.serving.api_v1 import bp as api_v1
 from carecast.serving.auth import check_declared
-from carecast.serving.context import BusLike, PredictorLike, QueueLike, Services
+from carecast.serving.cds_hooks import bp as cds_hooks
+from carecast.serving.context import EXTENSION, BusLike, PredictorLike, QueueLike, Services
 from carecast.serving.context import init_app as init_context
+from carecast.serving.ratelimit import Limiter, RedisLimiter, TokenBucketLimiter
+from carecast.serving.stream import bp as stream_bp
+from carecast.serving.stream import hub_of
+from carecast.serving.stream import init_app as init_stream
 from carecast.store import Store
+
+WORKER_EXTENSION = "carecast.worker"
+WORKER_STOP_S = 5.0
+
+# The live stream is part of API v1 (its URL prefix, its OpenAPI document): a blueprint nested in it.
+api_v1.register_blueprint(stream_bp)
+
+
+class BackgroundWorker(Protocol):
+    """What the app needs of the embedded scoring worker (carecast.jobs.worker.WorkerThread)."""
+
+    def start(self) -> Any: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+# (store, predictor, queue, bus) -> a worker not yet started; WorkerThread has this signature.
+WorkerFactory = Callable[[Store, Any, Any, Any], BackgroundWorker]
 
 
 class _JSONProvider(DefaultJSONProvider):
@@ -52,17 +83,27 @@ def _default_queue(settings: Settings, store: Store) -> QueueLike:
     return queue
 
 
-def _default_bus(settings: Settings) -> BusLike:
+def _default_bus(settings: Settings, store: Store) -> BusLike:
     from carecast.scoring.events import make_bus
 
-    bus: BusLike = make_bus(settings.events_url)
+    bus: BusLike = make_bus(settings.events_url, engine=store.engine)
     return bus
+
+
+def _limiter(settings: Settings) -> Limiter:
+    if settings.queue_url and settings.queue_url.startswith(("redis://", "rediss://")):
+        return RedisLimiter(settings.queue_url, settings.rate_limit)
+    return TokenBucketLimiter(settings.rate_limit)
 
 
 def create_app(settings: Settings, *, store: Store | None = None, registry: Registry | None = None,
                predictor: PredictorLike | None = None, queue: QueueLike | None = None,
-               bus: BusLike | None = None) -> Flask:
-    """A configured app. Anything not handed in is built from `settings`."""
+               bus: BusLike | None = None, worker_factory: WorkerFactory | None = None,
+               start_worker: bool | None = None) -> Flask:
+    """A configured app. Anything not handed in is built from `settings`.
+
+    `start_worker` (default: when a `worker_factory` is given, `settings.queue_url` is unset and the app
+    built its own queue) starts `worker_factory(store, predictor, queue, bus)` in the background."""
     app = Flask("carecast.serving")
     app.json = _JSONProvider(app)
     app.config.update(
@@ -73,20 +114,60 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Regi
     store = store or Store.open(settings)
     registry = registry or Registry(settings.model_registry)
     predictor = predictor or _default_predictor(registry)
+    own_queue = queue is None
     if queue is None:
         queue = _default_queue(settings, store)
     if bus is None:
-        bus = _default_bus(settings)
+        bus = _default_bus(settings, store)
+    if start_worker is None:
+        start_worker = worker_factory is not None and own_queue and not settings.queue_url
+    if start_worker and worker_factory is None:
+        raise ConfigError("start_worker needs a worker_factory (carecast.jobs.worker.WorkerThread)")
     services = Services(settings=settings, store=store, registry=registry, predictor=predictor, queue=queue, bus=bus,
-                        audit=AuditLog(store.engine))
+                        audit=AuditLog(store.engine), limiter=_limiter(settings))
     init_context(app, services)
     errors.init_app(app)
     app.register_blueprint(health.bp)
+    init_stream(app, services)
     app.register_blueprint(api_v1)
+    app.register_blueprint(cds_hooks)
     check_declared(app)
+    if start_worker and worker_factory is not None:
+        worker = worker_factory(store, predictor, queue, bus)
+        app.extensions[WORKER_EXTENSION] = worker
+        worker.start()
+        atexit.register(worker.stop, WORKER_STOP_S)
     return app
 
 
-def app_from_env() -> Flask:
-    """The app with settings read from the environment once: `gunicorn 'carecast.serving.app:app_from_env()'`."""
-    return create_app(Settings.from_env())
+def begin_shutdown(app: Flask) -> None:
+    """Start stopping without waiting (safe in a signal handler): live streams end at once, the embedded
+    worker finishes its current job and claims no more."""
+    hub = hub_of(app)
+    if hub is not None:
+        hub.stop()
+    worker = app.extensions.get(WORKER_EXTENSION)
+    stop_event = getattr(worker, "stop_event", None)
+    if stop_event is not None:
+        stop_event.set()
+
+
+def shutdown(app: Flask, timeout: float = WORKER_STOP_S) -> None:
+    """End the live streams, stop the embedded worker (waiting up to `timeout` s) and close the bus."""
+    begin_shutdown(app)
+    hub = hub_of(app)
+    if hub is not None:
+        hub.close()
+    worker: BackgroundWorker | None = app.extensions.pop(WORKER_EXTENSION, None)
+    if worker is not None:
+        worker.stop(timeout)
+    bus = app.extensions[EXTENSION].bus if EXTENSION in app.extensions else None
+    close = getattr(bus, "close", None)
+    if callable(close):
+        close()
+
+
+def app_from_env(worker_factory: WorkerFactory | None = None) -> Flask:
+    """The app with settings read from the environment once: `gunicorn 'carecast.serving.app:app_from_env()'`
+    (without an embedded worker: run `carecast worker` beside it, or use `carecast serve`)."""
+    return create_app(Settings.from_env(), worker_factory=worker_factory)

@@ -1,4 +1,5 @@
-"""Deny by default: every view declares the permission it needs (`@requires`) or that it is `@public`.
+"""Deny by default: every view declares the permission it needs (`@requires`), that it is `@public`, or
+that it authenticates its callers by another scheme (`@authenticated_by`, e.g. CDS Hooks' signed JWTs).
 
 `requires` authenticates the bearer token, checks the permission and audits a denial: exactly one audit
 row per refused request ("auth:failed" for a missing or invalid token, "auth:denied" for a missing
@@ -18,12 +19,14 @@ from carecast.errors import ConfigError
 from carecast.security.permissions import Permission, Principal
 from carecast.security.tokens import resolve_token
 from carecast.serving.context import principal, request_id, services, source_ip
-from carecast.serving.errors import Forbidden, Unauthorized
+from carecast.serving.errors import Forbidden, TooManyRequests, Unauthorized
+from carecast.serving.ratelimit import retry_after_header
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 PERMISSION_ATTR = "_carecast_permission"
 PUBLIC_ATTR = "_carecast_public"
+AUTHENTICATED_BY_ATTR = "_carecast_authenticated_by"
 MAX_TOKEN_LENGTH = 200
 
 
@@ -70,17 +73,31 @@ def _bearer_token() -> str | None:
     return token if 0 < len(token) <= MAX_TOKEN_LENGTH else None
 
 
+def throttle(key: str) -> None:
+    """429 with Retry-After when `key` (a user, or an address for failed sign-ins) is over its rate."""
+    limiter = services().limiter
+    if limiter is None:
+        return
+    wait = limiter.hit(key)
+    if wait > 0:
+        raise TooManyRequests(retry_after_header(wait))
+
+
 def authenticate() -> Principal:
-    """The principal of the request's bearer token; audits and raises 401 if there is none or it is invalid."""
+    """The principal of the request's bearer token; audits and raises 401 if there is none or it is invalid.
+    Failed attempts count against the caller's address, so guessing tokens is throttled (429)."""
     token = _bearer_token()
     if token is None:
         audit(Action.AUTH_FAILED, "denied", detail="no bearer token")
+        throttle(f"fail:{request.remote_addr}")
         raise Unauthorized()
     found = resolve_token(services().store.engine, token)
     if found is None:
         audit(Action.AUTH_FAILED, "denied", detail="unknown, expired or revoked token")
+        throttle(f"fail:{request.remote_addr}")
         raise Unauthorized()
     g.principal = found
+    throttle(f"user:{found.user_id}")
     return found
 
 
@@ -107,6 +124,22 @@ def public(view: F) -> F:
     return view
 
 
+def authenticated_by(scheme: str) -> Callable[[F], F]:
+    """Declare a view outside the bearer-token API that authenticates its callers itself by `scheme`
+    (and audits its refusals). The guard doing so applies this marker; the marker alone checks nothing."""
+
+    def mark(view: F) -> F:
+        setattr(view, AUTHENTICATED_BY_ATTR, scheme)
+        return view
+
+    return mark
+
+
+def authentication_of(view: Callable[..., Any]) -> str | None:
+    found: str | None = getattr(view, AUTHENTICATED_BY_ATTR, None)
+    return found
+
+
 def permission_of(view: Callable[..., Any]) -> Permission | None:
     found: Permission | None = getattr(view, PERMISSION_ATTR, None)
     return found
@@ -117,11 +150,13 @@ def is_public(view: Callable[..., Any]) -> bool:
 
 
 def check_declared(app: Flask) -> None:
-    """Refuse an app in which a view declares neither a permission nor that it is public."""
+    """Refuse an app in which a view declares neither a permission, nor that it is public, nor its own scheme."""
     missing = sorted(
         rule.endpoint for rule in app.url_map.iter_rules()
         if rule.endpoint != "static"
         and permission_of(app.view_functions[rule.endpoint]) is None
-        and not is_public(app.view_functions[rule.endpoint]))
+        and not is_public(app.view_functions[rule.endpoint])
+        and authentication_of(app.view_functions[rule.endpoint]) is None)
     if missing:
-        raise ConfigError("these endpoints declare no permission (use @requires or @public): " + ", ".join(missing))
+        raise ConfigError("these endpoints declare no permission (use @requires, @public or @authenticated_by): "
+                          + ", ".join(missing))

@@ -15,6 +15,7 @@ from flask import Flask, Response, current_app, g, request
 from carecast.config import Settings
 from carecast.security.audit import AuditLog
 from carecast.security.permissions import Principal
+from carecast.serving.ratelimit import Limiter
 from carecast.store import Store
 
 EXTENSION = "carecast"
@@ -74,6 +75,7 @@ class Services:
     queue: QueueLike | None
     bus: BusLike | None
     audit: AuditLog
+    limiter: Limiter | None = None
 
 
 def services() -> Services:

@@ -91,6 +91,14 @@ class Unprocessable(ApiError):
     code = "unprocessable"
 
 
+class TooManyRequests(ApiError):
+    http_status = 429
+    code = "too_many_requests"
+
+    def __init__(self, retry_after: str) -> None:
+        super().__init__("too many requests; retry later", headers={"Retry-After": retry_after})
+
+
 class ServiceUnavailable(ApiError):
     http_status = 503
     code = "service_unavailable"

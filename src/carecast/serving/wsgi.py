@@ -1,18 +1,65 @@
-"""Run the API under gunicorn from Python: one worker per core, OMP threads 1, graceful shutdown in 10 s."""
+"""Run the API under gunicorn from Python: one worker per core, OMP threads 1, graceful shutdown in 10 s.
+
+Each worker process builds its own app (and, when given a worker factory, its own embedded scoring worker).
+Live streams hold a request thread each, so a worker has `THREADS` of them; on SIGTERM (graceful stop),
+SIGINT or SIGQUIT the app's streams end at once and its scoring worker stops, so a worker exits well within
+the graceful timeout instead of waiting for its open streams.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 GRACEFUL_TIMEOUT_S = 10
+THREADS = 16  # request threads per worker: live streams (at most stream.MAX_STREAMS) and ordinary requests
+
+
+def _app_of(worker: Any) -> Any:
+    from flask import Flask
+
+    app = getattr(worker, "wsgi", None)
+    return app if isinstance(app, Flask) else None
+
+
+def post_worker_init(worker: Any) -> None:
+    """Chain the worker's SIGTERM handler: end the app's live streams first (they would hold the graceful
+    stop for its whole timeout), then let gunicorn stop as usual."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        app = _app_of(worker)
+        if app is not None:
+            from carecast.serving.app import begin_shutdown
+
+            begin_shutdown(app)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def worker_int(worker: Any) -> None:
+    """SIGINT or SIGQUIT (Ctrl-C): the worker exits at once; end its streams and its scoring worker first."""
+    worker_exit(None, worker)
+
+
+def worker_exit(_server: Any, worker: Any) -> None:
+    app = _app_of(worker)
+    if app is not None:
+        from carecast.serving.app import shutdown
+
+        shutdown(app)
 
 
 class CareCastServer(BaseApplication):
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any], app_factory: Callable[[], Any] | None = None) -> None:
         self.options = options
+        self.app_factory = app_factory
         super().__init__()
 
     def load_config(self) -> None:
@@ -21,17 +68,23 @@ class CareCastServer(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
+        if self.app_factory is not None:
+            return self.app_factory()
         from carecast.serving.app import app_from_env
 
         return app_from_env()
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
+          app_factory: Callable[[], Any] | None = None) -> None:
+    """Serve until stopped. `app_factory` builds each worker's app (default: `app_from_env()`, which runs
+    no scoring worker; `carecast serve` hands in one that does)."""
     # Model inference and numpy must not oversubscribe the cores the workers already share.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     CareCastServer({
         "bind": f"{host}:{port}", "workers": workers or os.cpu_count() or 1, "worker_class": "gthread",
-        "threads": 4, "graceful_timeout": GRACEFUL_TIMEOUT_S, "timeout": 30, "accesslog": None,
-        "preload_app": False,
-    }).run()
+        "threads": THREADS, "graceful_timeout": GRACEFUL_TIMEOUT_S, "timeout": 30, "accesslog": None,
+        "preload_app": False, "post_worker_init": post_worker_init, "worker_int": worker_int,
+        "worker_exit": worker_exit,
+    }, app_factory).run()

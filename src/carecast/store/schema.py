@@ -374,3 +374,47 @@ class ScoreJob(Base):
     lease_until: Mapped[datetime | None]
     done_at: Mapped[datetime | None] = mapped_column(index=True)
     error: Mapped[str | None] = mapped_column(String(255))
+
+
+# -- CDS Hooks: registered EHR clients, seen token ids, card feedback -------------------------------------------
+
+
+class CdsClient(Base):
+    """An EHR allowed to call the CDS Hooks services: its JWT issuer and public signing keys (a JWK Set,
+    never a private key). `audience` is the public base URL the EHR addresses CareCast by; tokens must
+    name `<audience>/cds-services/<id>` (None: the URL the request arrived at)."""
+
+    __tablename__ = "cds_clients"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    iss: Mapped[str] = mapped_column(String(255), unique=True)
+    jwks: Mapped[str] = mapped_column(Text)  # JSON {"keys": [public JWK with "kid", ...]}
+    audience: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class CdsJti(Base):
+    """A token id (`jti`, kept as its SHA-256) a client has used, until the token expires: a second use is a
+    replay. The primary key makes the check race-free across processes; expired rows are purged."""
+
+    __tablename__ = "cds_jti"
+    client_id: Mapped[int] = mapped_column(ForeignKey("cds_clients.id", ondelete="CASCADE"), primary_key=True)
+    jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class CdsFeedback(Base):
+    """What a clinician did with a card (accepted or overridden, and why), for monitoring. One row per
+    card outcome and override reason; the free-text comment is encrypted."""
+
+    __tablename__ = "cds_feedback"
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    client_iss: Mapped[str] = mapped_column(String(255))
+    service: Mapped[str] = mapped_column(String(64))
+    card_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason_system: Mapped[str | None] = mapped_column(String(255))
+    reason_code: Mapped[str | None] = mapped_column(String(64))
+    comment_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    outcome_at: Mapped[datetime] = mapped_column(index=True)
+    received_at: Mapped[datetime]

@@ -8,7 +8,7 @@ import pytest
 
 from carecast.config import Settings
 from carecast.errors import KeyMissingError
-from carecast.scoring.events import InProcessBus
+from carecast.scoring.events import DatabaseBus
 from carecast.scoring.predictor import Predictor
 from carecast.serving import create_app
 from carecast.serving.context import EXTENSION, Services
@@ -18,7 +18,7 @@ def test_factory_builds_services_from_settings(settings: Settings) -> None:
     app = create_app(settings)
     services: Services = app.extensions[EXTENSION]
     try:
-        assert isinstance(services.predictor, Predictor) and isinstance(services.bus, InProcessBus)
+        assert isinstance(services.predictor, Predictor) and isinstance(services.bus, DatabaseBus)
         assert services.queue is not None and services.queue.depth() == 0
         with app.test_client() as client:
             assert client.get("/livez").status_code == 200

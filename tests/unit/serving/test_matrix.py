@@ -56,6 +56,7 @@ CALLS: dict[str, Call] = {
     "api_v1.patient_predictions": Call("GET", "/api/v1/patients/{p}/predictions", patient=True),
     "api_v1.patient_trajectory": Call("GET", f"/api/v1/patients/{{p}}/predictions/{TASK}/trajectory", patient=True),
     "api_v1.patient_risk_assessment": Call("GET", "/api/v1/patients/{p}/risk-assessment", patient=True),
+    "api_v1.stream.stream_events": Call("GET", "/api/v1/stream"),  # the body (never read here) is the live stream
     "api_v1.break_glass": Call("POST", "/api/v1/patients/{p}/break-glass", ok=201,
                                kwargs=lambda _t: {"json": {"reason": "cardiac arrest call, covering"}}),
     "api_v1.predict": Call("POST", "/api/v1/predict",
