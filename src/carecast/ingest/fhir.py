@@ -516,18 +516,24 @@ def decode_json_document(data: bytes, where: str) -> UnitOfWork:
     if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
         return decode_bundle(doc, where)
     unit = UnitOfWork(where=where)
+    add_resource(unit, doc, where, data)
+    return unit
+
+
+def add_resource(unit: UnitOfWork, resource: Any, where: str, raw: bytes | None = None) -> None:
+    """Decode one resource into `unit`: its records, a rejection naming the field, or a skip."""
+    raw = raw if raw is not None else orjson.dumps(resource)
     try:
-        records = decode_resource(doc)
+        records = decode_resource(resource)
     except FieldProblem as problem:
-        unit.rejections.append(problem.rejection(where, _rtype(doc), data))
-        return unit
+        unit.rejections.append(problem.rejection(where, _rtype(resource), raw))
+        return
     if records is None:
         unit.skipped += 1
-    else:
-        for rec in records:
-            unit.add(rec, where)
-        unit.raw[where] = data
-    return unit
+        return
+    for rec in records:
+        unit.add(rec, where)
+    unit.raw[where] = raw
 
 
 def decode_ndjson(path: Path, chunk_size: int = 5000, label: str | None = None) -> Iterator[UnitOfWork]:

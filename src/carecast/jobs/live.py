@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 
 from carecast.domain.records import UnitOfWork
 from carecast.ingest.common import FieldProblem
-from carecast.ingest.fhir import decode_resource
+from carecast.ingest.fhir import add_resource
 from carecast.ingest.wearable import decode_reading
 from carecast.scoring.queue import DatabaseQueue, ScoreQueue
 from carecast.simulate import Event, Hospital, SimulationConfig, WearableBatch
@@ -109,17 +109,7 @@ def _add_event(unit: UnitOfWork, event: Event, number: int) -> None:
             unit.add(reading, loc)
             unit.raw[loc] = line
         return
-    try:
-        records = decode_resource(payload)
-    except FieldProblem as problem:
-        unit.rejections.append(problem.rejection(where, event.resource_type, orjson.dumps(payload)))
-        return
-    if records is None:
-        unit.skipped += 1
-        return
-    for record in records:
-        unit.add(record, where)
-    unit.raw[where] = orjson.dumps(payload)
+    add_resource(unit, payload, where)
 
 
 class _Writer:
