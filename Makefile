@@ -49,6 +49,10 @@ bench: $(STAMP) ## Benchmarks: print rates and ratios against a reference measur
 bench-training: $(STAMP) ## Training time at ~100,000 predictions, end to end (several minutes)
 	$(BIN)/python benchmarks/training.py
 
+.PHONY: bench-serving
+bench-serving: $(STAMP) ## Serving req/s, p50/p99: ceiling, predict, latest-risk GET, MLflow reference (~1.5 min)
+	$(BIN)/python benchmarks/serving.py
+
 .PHONY: lock
 lock: ## Re-resolve requirements/*.lock from pyproject.toml (needs the registry)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
