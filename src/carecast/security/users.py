@@ -52,6 +52,9 @@ def set_units(engine: Engine, username: str, units: Iterable[str]) -> None:
         conn.execute(delete(S.UserUnit).where(S.UserUnit.user_id == uid))
         for unit in sorted(set(units)):
             conn.execute(insert(S.UserUnit).values(user_id=uid, unit=unit))
+    from carecast.security.tokens import forget  # tokens imports users; resolve the cycle at call time
+
+    forget()  # cached principals carry units: drop them in this process
 
 
 def principal_for(engine: Engine, user_id: int, *, via: str, scopes: frozenset[str] | None = None) -> Principal | None:

@@ -256,7 +256,7 @@ class _Stream:
     def _recheck(self) -> bool:
         """Is the token still good? Refresh the caller's units and break-glass grants; False ends the stream."""
         try:
-            who = resolve_token(self.svc.store.engine, self.token)
+            who = resolve_token(self.svc.store.engine, self.token, fresh=True)
             if who is None or not who.can(Permission.PREDICTION_READ):
                 return False
             self.who = who

@@ -141,3 +141,21 @@ def test_concurrent_writers_keep_one_linear_chain(store: Store) -> None:
     assert not errors
     check = log.verify()
     assert check.ok and check.rows == 60
+
+
+def test_token_cache_revocation_and_fresh_checks(store: Store) -> None:
+    uid = users.create_user(store.engine, "dr.cache", PASSWORD, "clinician", ["Ward A"])
+    tok = tokens.issue_token(store.engine, uid, "ehr", [], ttl_hours=1)
+    assert tokens.resolve_token(store.engine, tok) is not None
+    with store.engine.begin() as conn:  # revoked by another process: this one's cache still answers...
+        conn.execute(update(S.ApiToken).values(revoked_at=datetime.now(UTC)))
+    assert tokens.resolve_token(store.engine, tok) is not None
+    assert tokens.resolve_token(store.engine, tok, fresh=True) is None  # ...but a fresh check sees it
+    tok2 = tokens.issue_token(store.engine, uid, "ehr2", [], ttl_hours=1)
+    assert tokens.resolve_token(store.engine, tok2) is not None
+    tokens.revoke_token(store.engine, int(tokens.list_tokens(store.engine)[-1]["id"]))  # type: ignore[arg-type]
+    assert tokens.resolve_token(store.engine, tok2) is None  # revoked here: immediate
+    tok3 = tokens.issue_token(store.engine, uid, "ehr3", [], ttl_hours=1)
+    assert tokens.resolve_token(store.engine, tok3).units == frozenset({"Ward A"})  # type: ignore[union-attr]
+    users.set_units(store.engine, "dr.cache", ["Ward B"])
+    assert tokens.resolve_token(store.engine, tok3).units == frozenset({"Ward B"})  # type: ignore[union-attr]
