@@ -143,11 +143,12 @@ def decode_patient(res: dict[str, Any], refs: Refs) -> list[Record]:
     mrn = ssn = None
     for i, ident in enumerate(as_list(res.get("identifier", []), "identifier")):
         ident = as_dict(ident, f"identifier[{i}]")
-        system = ident.get("system") or ""
+        system = ident.get("system") if isinstance(ident.get("system"), str) else ""
         value = ident.get("value")
         if not isinstance(value, str) or not value.strip():
             continue
-        type_codes = {c.get("code") for c in _codings(ident.get("type"), f"identifier[{i}].type")}
+        type_codes = {c.get("code") for c in _codings(ident.get("type"), f"identifier[{i}].type")
+                      if isinstance(c.get("code"), str)}
         if system == SSN_SYSTEM or "SS" in type_codes:
             ssn = value.strip()
         elif mrn is None and ("MR" in type_codes or MRN_SYSTEM_HINT.search(system)):
@@ -161,7 +162,7 @@ def decode_patient(res: dict[str, Any], refs: Refs) -> list[Record]:
         given_list = [g for g in as_list(name.get("given", []), "name[0].given") if isinstance(g, str)]
         given = " ".join(given_list) or None
     gender = res.get("gender", "unknown")
-    if gender not in GENDERS:
+    if not isinstance(gender, str) or gender not in GENDERS:
         raise FieldProblem("gender", "must be male, female, other or unknown")
     birth = parse_date(res["birthDate"], "birthDate") if res.get("birthDate") else None
     line = city = state = postal = None
@@ -300,7 +301,7 @@ def decode_observation(res: dict[str, Any], refs: Refs) -> list[Record]:
             comp = as_dict(comp, f"component[{i}]")
             ccodes = _codings(comp.get("code"), f"component[{i}].code")
             var = next((table[c["code"]] for c in ccodes
-                        if c.get("system") == V.LOINC and c.get("code") in table), None)
+                        if c.get("system") == V.LOINC and isinstance(c.get("code"), str) and c["code"] in table), None)
             if var is None:
                 continue
             value, unit = _quantity(comp, f"component[{i}]")
@@ -459,7 +460,7 @@ def _rtype(res: Any) -> str | None:
 def decode_bundle(doc: dict[str, Any], where: str) -> UnitOfWork:
     """One Bundle. A transaction is atomic: any bad entry rejects the lot."""
     btype = doc.get("type")
-    if btype != "transaction" and btype not in BUNDLE_TYPES_ENTRYWISE:
+    if btype != "transaction" and (not isinstance(btype, str) or btype not in BUNDLE_TYPES_ENTRYWISE):
         unit = UnitOfWork(where=where)
         unit.rejections.append(Rejection(where=where, reason=f"bundle type {str(btype)[:24]!r} is not accepted "
                                          "(transaction, batch, collection or searchset)", field="type",

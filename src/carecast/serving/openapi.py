@@ -293,6 +293,7 @@ _ERROR_TEXT = {
     400: "Malformed request (bad query parameter or JSON)", 401: "Missing, unknown, expired or revoked token",
     403: "The caller lacks the permission or may not see this patient", 404: "Unknown patient or resource",
     413: "Body too large", 415: "Wrong content type", 422: "Input failed validation; `fields` says where",
+    429: "Over the caller's rate limit; retry after Retry-After",
     500: "Unexpected error; quote the error id", 503: "Database or model unavailable; retry after Retry-After",
 }
 
@@ -327,7 +328,7 @@ def _operation_doc(op: Operation, view: Callable[..., Any], rule: str) -> dict[s
     responses: dict[str, Any] = {str(op.status): {"description": "Success", "content": ok_content}}
     statuses = {500, 503, *op.errors}
     if permission is not None:
-        statuses |= {401, 403}
+        statuses |= {401, 403, 429}  # every authenticated request, and every failed one, is rate limited
     if op.query:
         statuses.add(400)
     if op.body is not None:
