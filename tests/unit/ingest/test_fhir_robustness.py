@@ -3,6 +3,7 @@ it never raises anything else (a crash would lose the good records of a file).""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator
 from typing import Any
@@ -10,10 +11,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests import factories as F
 
 from carecast.ingest.common import FieldProblem
 from carecast.ingest.fhir import Refs, decode_bundle, decode_resource
-from tests import factories as F
 
 ODD_VALUES: list[Any] = [None, 0, -1.5, True, "", "x", [], ["a"], [{"code": ["MR"]}], {}, {"code": {}},
                          {"reference": 3}, [[1]], "2026-13-45", "Patient/"]
@@ -50,10 +51,8 @@ CASES = [(i, path, j) for i, res in enumerate(RESOURCES) for path in _paths(res)
 def test_every_field_in_every_odd_shape(case: int) -> None:
     for i, path, j in CASES[case : case + 7]:
         resource = _replaced(RESOURCES[i], path, ODD_VALUES[j])
-        try:
+        with contextlib.suppress(FieldProblem):
             decode_resource(resource, Refs())
-        except FieldProblem:
-            pass
 
 
 json_values = st.recursive(
