@@ -143,7 +143,8 @@ def decode_patient(res: dict[str, Any], refs: Refs) -> list[Record]:
     mrn = ssn = None
     for i, ident in enumerate(as_list(res.get("identifier", []), "identifier")):
         ident = as_dict(ident, f"identifier[{i}]")
-        system = ident.get("system") if isinstance(ident.get("system"), str) else ""
+        raw_system = ident.get("system")
+        system = raw_system if isinstance(raw_system, str) else ""
         value = ident.get("value")
         if not isinstance(value, str) or not value.strip():
             continue
