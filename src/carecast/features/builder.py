@@ -138,6 +138,23 @@ def _timeline(q: _Queries, df: pd.DataFrame, time_col: str, value: FloatArray | 
     return _Timeline(q, df["patient_id"].to_numpy(np.int64), _seconds(df[time_col]), np.asarray(vals, np.float64))
 
 
+def _timelines(q: _Queries, obs: pd.DataFrame, variables: list[str]) -> dict[str, _Timeline]:
+    """One sorted timeline per variable (built once, then read for every window)."""
+    by_var = dict(tuple(obs.groupby("variable", sort=False)))
+    empty = obs.iloc[0:0]
+    return {var: _timeline(q, part, "effective_at", part["value"].to_numpy())
+            for var in variables for part in [by_var.get(var, empty)]}
+
+
+def _windowed(cols: dict[str, FloatArray | list[object]], lines: dict[str, _Timeline], windows: list[int],
+              stats: list[str], prefix: str) -> None:
+    for w in windows:
+        for var, line in lines.items():
+            got = line.stats(w, stats)
+            for s in stats:
+                cols[f"{prefix}{var}_{s}_{w}h"] = got[s]
+
+
 def build_features(frames: ClinicalFrames, queries: pd.DataFrame, spec: FeatureSpec | None = None) -> pd.DataFrame:
     """The feature matrix: one row per query (columns patient_id, encounter_id, t), in `spec` order.
 
@@ -172,32 +189,18 @@ def build_features(frames: ClinicalFrames, queries: pd.DataFrame, spec: FeatureS
     wear = obs[obs["source"] == "wearable"]
 
     variables, windows, stats = spec.vitals()
-    by_var = dict(tuple(bedside.groupby("variable", sort=False)))
-    empty = bedside.iloc[0:0]
-    for w in windows:
-        for var in variables:
-            part = by_var.get(var, empty)
-            got = _timeline(q, part, "effective_at", part["value"].to_numpy()).stats(w, stats)
-            for s in stats:
-                cols[f"{var}_{s}_{w}h"] = got[s]
+    bedside_lines = _timelines(q, bedside, variables)
+    _windowed(cols, bedside_lines, windows, stats, prefix="")
 
     labs, lookback, lab_stats = spec.labs()
-    for var in labs:
-        part = by_var.get(var, empty)
-        last_v, delta, since = _timeline(q, part, "effective_at", part["value"].to_numpy()).last_two(lookback)
+    for var, line in _timelines(q, bedside, labs).items():
+        last_v, delta, since = line.last_two(lookback)
         lab_values = {"last": last_v, "delta": delta, "hours_since": since}
         for s in lab_stats:
             cols[f"{var}_{s}"] = lab_values[s]
 
     wvars, wwins, wstats = spec.wearables()
-    wear_by_var = dict(tuple(wear.groupby("variable", sort=False)))
-    wempty = wear.iloc[0:0]
-    for w in wwins:
-        for var in wvars:
-            part = wear_by_var.get(var, wempty)
-            got = _timeline(q, part, "effective_at", part["value"].to_numpy()).stats(w, wstats)
-            for s in wstats:
-                cols[f"wearable_{var}_{s}_{w}h"] = got[s]
+    _windowed(cols, _timelines(q, wear, wvars), wwins, wstats, prefix="wearable_")
 
     # imaging: radiology reports issued in the lookback, and their coded findings
     img_lookback, findings = spec.imaging()
