@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, jsonify
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Engine
 
 from carecast.crypto import Keyring
 from carecast.domain.records import Rejection, UnitOfWork
@@ -49,8 +49,8 @@ from carecast.serving.openapi import (
     query_args,
     raw_body,
 )
-from carecast.store import schema as S
 from carecast.store.batches import FileSummary, ingest_units
+from carecast.store.clinical import ClinicalReader, PatientRow, Stay
 from carecast.store.writer import ClinicalWriter
 
 bp = Blueprint("api_v1", __name__, url_prefix="/api/v1")
@@ -68,7 +68,6 @@ MAX_REJECTIONS_SHOWN = 1000
 SORT_TASK = "deterioration_24h"  # the list is sorted by current deterioration risk
 TOP_FACTORS = 5
 DEFAULT_TRAJECTORY_DAYS = 7
-_UID = re.compile(r"[A-Za-z0-9\-]{1,64}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 # FHIR risk-probability codes for the bands the scorer assigns.
 _QUALITATIVE_RISK = {"low": "low", "medium": "moderate", "moderate": "moderate", "high": "high",
@@ -129,25 +128,13 @@ def _keyring() -> Keyring:
     return services().store.keyring
 
 
-def _decrypt(token: bytes | None, context: str) -> str | None:
-    return None if token is None else _keyring().decrypt(token, context)
+def _reader() -> ClinicalReader:
+    return ClinicalReader(_engine(), _keyring())
 
 
-def _age_band(birth_enc: bytes | None, at: datetime | None) -> str:
-    birth = _decrypt(birth_enc, "patients.birth_date")
-    if not birth:
-        return "unknown"
-    born = date.fromisoformat(birth[:10])
-    when = (at or datetime.now(UTC)).date()
-    years = when.year - born.year - ((when.month, when.day) < (born.month, born.day))
-    return str(age_band([years])[0])
-
-
-def _demographics(row: Any) -> dict[str, Any]:
-    return {"family_name": _decrypt(row.family_name_enc, "patients.family_name"),
-            "given_names": _decrypt(row.given_names_enc, "patients.given_names"),
-            "mrn": _decrypt(row.mrn_enc, "patients.mrn"),
-            "birth_date": _decrypt(row.birth_date_enc, "patients.birth_date")}
+def _age_band(patient: PatientRow) -> str:
+    years = _reader().age(patient)
+    return "unknown" if years is None else str(age_band([years])[0])
 
 
 def _attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -194,43 +181,24 @@ def _safe_name(name: object) -> str:
 
 # -- patients: lookup and visibility ------------------------------------------------------------------------------
 
-_PATIENT_COLUMNS = (S.Patient.id, S.Patient.uid, S.Patient.sex, S.Patient.birth_date_enc, S.Patient.deceased_at,
-                    S.Patient.family_name_enc, S.Patient.given_names_enc, S.Patient.mrn_enc)
-
-
-def _patient_row(uid: str) -> Any:
-    if not _UID.fullmatch(uid):
-        raise NotFound("no such patient")
-    with _engine().connect() as conn:
-        row = conn.execute(select(*_PATIENT_COLUMNS).where(S.Patient.uid == uid)).first()
+def _patient_row(uid: str) -> PatientRow:
+    row = _reader().patient(uid)
     if row is None:
         raise NotFound("no such patient")
     return row
 
 
-def _visible_patient(uid: str) -> Any:
+def _visible_patient(uid: str) -> PatientRow:
     """The patient with this uid if the caller may see it: 404 if unknown, 403 (audited) if not visible."""
     row = _patient_row(uid)
-    if not can_see_patient(_engine(), principal(), int(row.id)):
+    if not can_see_patient(_engine(), principal(), row.id):
         raise deny("patient outside the caller's units", patient_uid=uid)
     return row
 
 
-def _current_stays(who: Principal, unit: str | None) -> list[Row[Any]]:
+def _current_stays(who: Principal, unit: str | None) -> list[Stay]:
     """The open encounter of each in-house patient the caller may list (latest admission first wins)."""
-    e, p = S.Encounter, S.Patient
-    stmt = (select(e.patient_id, e.unit, e.bed, e.admitted_at, *_PATIENT_COLUMNS[1:])
-            .join(p, p.id == e.patient_id).where(e.discharged_at.is_(None)))
-    if unit:
-        stmt = stmt.where(e.unit == unit)
-    if who.unit_restricted:
-        stmt = stmt.where(e.unit.in_(sorted(who.units)))
-    with _engine().connect() as conn:
-        rows = conn.execute(stmt.order_by(e.patient_id, e.admitted_at.desc(), e.id.desc())).all()
-    latest: dict[int, Row[Any]] = {}
-    for r in rows:
-        latest.setdefault(int(r.patient_id), r)
-    return list(latest.values())
+    return _reader().current_stays(unit=unit, units=who.units if who.unit_restricted else None)
 
 
 # -- public: the API description -------------------------------------------------------------------------------
@@ -265,29 +233,30 @@ def list_patients() -> Response:
     who = principal()
     stays = _current_stays(who, args["unit"])
     engine = _engine()
-    ids = [int(s.patient_id) for s in stays]
+    ids = [s.patient.id for s in stays]
     latest: dict[int, dict[str, Any]] = {pid: {} for pid in ids}
     if ids:
         for task in TASKS:
             for pid, p in current_risks(engine, task, ids).items():
                 latest[pid][task] = p
 
-    def order(stay: Row[Any]) -> tuple[float, str]:
-        p = latest[int(stay.patient_id)].get(SORT_TASK)
-        return (-float(p.risk) if p is not None else 1.0, stay.uid)
+    def order(stay: Stay) -> tuple[float, str]:
+        p = latest[stay.patient.id].get(SORT_TASK)
+        return (-float(p.risk) if p is not None else 1.0, stay.patient.uid)
 
     stays.sort(key=order)
     page = stays[args["offset"]: args["offset"] + args["limit"]]
     show_names = who.can(Permission.PATIENT_DEMOGRAPHICS)
     items = []
+    reader = _reader()
     for s in page:
-        predictions = latest[int(s.patient_id)]
+        predictions = latest[s.patient.id]
         item: dict[str, Any] = {
-            "uid": s.uid, "sex": s.sex, "age_band": _age_band(s.birth_date_enc, s.deceased_at), "unit": s.unit,
+            "uid": s.patient.uid, "sex": s.patient.sex, "age_band": _age_band(s.patient), "unit": s.unit,
             "bed": s.bed, "admitted_at": _iso(s.admitted_at), "news2": _news2(predictions),
             "risks": {task: _prediction(p) for task, p in sorted(predictions.items())}}
         if show_names:
-            item["demographics"] = _demographics(s)
+            item["demographics"] = reader.demographics(s.patient)
         items.append(item)
     audit(Action.PATIENT_LIST, detail=f"{len(items)} of {len(stays)} patients")
     return jsonify({"patients": items, "total": len(stays), "limit": args["limit"], "offset": args["offset"]})
@@ -303,31 +272,26 @@ def list_patients() -> Response:
 @requires(Permission.PATIENT_READ)
 def patient_detail(uid: str) -> Response:
     row = _visible_patient(uid)
-    pid = int(row.id)
-    e, c = S.Encounter, S.Condition
-    with _engine().connect() as conn:
-        encounters = conn.execute(
-            select(e.uid, e.status, e.encounter_class, e.admission_type, e.admitted_at, e.discharged_at, e.unit,
-                   e.bed, e.disposition).where(e.patient_id == pid).order_by(e.admitted_at.desc()).limit(20)).all()
-        conditions = conn.execute(
-            select(c.code_system, c.code, c.display, c.onset_at, c.recorded_at, c.clinical_status)
-            .where(c.patient_id == pid).order_by(c.id).limit(500)).all()
+    pid = row.id
+    reader = _reader()
+    encounters = reader.encounters(pid)
+    conditions = reader.conditions(pid)
     predictions = latest_predictions(_engine(), pid)
     body: dict[str, Any] = {
-        "uid": row.uid, "sex": row.sex, "age_band": _age_band(row.birth_date_enc, row.deceased_at),
+        "uid": row.uid, "sex": row.sex, "age_band": _age_band(row),
         "deceased_at": _iso(row.deceased_at),
         "encounters": [{"uid": x.uid, "status": x.status, "class": x.encounter_class,
                         "admission_type": x.admission_type, "admitted_at": _iso(x.admitted_at),
                         "discharged_at": _iso(x.discharged_at), "unit": x.unit, "bed": x.bed,
                         "disposition": x.disposition} for x in encounters],
-        "conditions": [{"system": x.code_system, "code": x.code, "display": x.display, "onset_at": _iso(x.onset_at),
+        "conditions": [{"system": x.system, "code": x.code, "display": x.display, "onset_at": _iso(x.onset_at),
                         "recorded_at": _iso(x.recorded_at), "clinical_status": x.clinical_status}
                        for x in conditions],
         "predictions": [_prediction(p) for _, p in sorted(predictions.items())],
         "news2": _news2(predictions),
     }
     if principal().can(Permission.PATIENT_DEMOGRAPHICS):
-        body["demographics"] = _demographics(row)
+        body["demographics"] = reader.demographics(row)
     audit(Action.PATIENT_READ, patient_uid=uid)
     return jsonify(body)
 
@@ -345,19 +309,12 @@ def patient_detail(uid: str) -> Response:
 def patient_observations(uid: str) -> Response:
     args = query_args()
     row = _visible_patient(uid)
-    o = S.Observation
-    stmt = select(o.variable, o.value, o.unit, o.effective_at, o.category, o.source, o.code_system, o.code).where(
-        o.patient_id == int(row.id))
-    if args["variable"]:
-        stmt = stmt.where(o.variable == args["variable"])
-    if args["since"]:
-        stmt = stmt.where(o.effective_at >= args["since"])
-    with _engine().connect() as conn:
-        rows = conn.execute(stmt.order_by(o.effective_at.desc(), o.id.desc()).limit(args["limit"])).all()
+    rows = _reader().observations(row.id, variables=[args["variable"]] if args["variable"] else None,
+                                  since=args["since"], limit=args["limit"])
     audit(Action.OBSERVATIONS_READ, patient_uid=uid)
     return jsonify({"uid": uid, "observations": [
         {"variable": r.variable, "value": r.value, "unit": r.unit, "effective_at": _iso(r.effective_at),
-         "category": r.category, "source": r.source, "system": r.code_system, "code": r.code} for r in rows]})
+         "category": r.category, "source": r.source, "system": r.system, "code": r.code} for r in rows]})
 
 
 @ops.get("/patients/<uid>/imaging", summary="A patient's imaging studies with series and report codes",
@@ -368,19 +325,8 @@ def patient_observations(uid: str) -> Response:
 @requires(Permission.PATIENT_READ)
 def patient_imaging(uid: str) -> Response:
     row = _visible_patient(uid)
-    st, se, rp = S.ImagingStudy, S.ImagingSeries, S.DiagnosticReport
-    with _engine().connect() as conn:
-        studies = conn.execute(select(st.id, st.uid, st.source_key, st.started_at, st.modality, st.body_site,
-                                      st.description, st.source).where(st.patient_id == int(row.id))
-                               .order_by(st.started_at.desc(), st.id.desc()).limit(200)).all()
-        ids = [int(s.id) for s in studies]
-        series = conn.execute(select(se.study_id, se.modality, se.body_site, se.description, se.number,
-                                     se.instance_count).where(se.study_id.in_(ids)).order_by(se.number)).all() \
-            if ids else []
-        keys = [s.source_key for s in studies]
-        reports = conn.execute(select(rp.study_key, rp.category, rp.code, rp.issued_at, rp.conclusion_codes,
-                                      rp.conclusion_enc).where(rp.study_key.in_(keys)).order_by(rp.id)).all() \
-            if keys else []
+    reader = _reader()
+    studies = reader.imaging(row.id)
     show_text = principal().can(Permission.PATIENT_DEMOGRAPHICS)
     out = []
     for s in studies:
@@ -388,12 +334,11 @@ def patient_imaging(uid: str) -> Response:
             "uid": s.uid, "started_at": _iso(s.started_at), "modality": s.modality, "body_site": s.body_site,
             "description": s.description, "source": s.source,
             "series": [{"modality": x.modality, "body_site": x.body_site, "description": x.description,
-                        "number": x.number, "instances": x.instance_count} for x in series if x.study_id == s.id],
+                        "number": x.number, "instances": x.instances} for x in s.series],
             "reports": [{"category": r.category, "code": r.code, "issued_at": _iso(r.issued_at),
-                         "finding_codes": (r.conclusion_codes or "").split(",") if r.conclusion_codes else [],
-                         **({"conclusion": _decrypt(r.conclusion_enc, "diagnostic_reports.conclusion")}
-                            if show_text else {})}
-                        for r in reports if r.study_key == s.source_key],
+                         "finding_codes": r.finding_codes,
+                         **({"conclusion": reader.conclusion(r)} if show_text else {})}
+                        for r in s.reports],
         })
     audit(Action.IMAGING_READ, patient_uid=uid)
     return jsonify({"uid": uid, "studies": out})
@@ -406,7 +351,7 @@ def patient_imaging(uid: str) -> Response:
 @requires(Permission.PREDICTION_READ)
 def patient_predictions(uid: str) -> Response:
     row = _visible_patient(uid)
-    predictions = latest_predictions(_engine(), int(row.id))
+    predictions = latest_predictions(_engine(), row.id)
     audit(Action.PREDICTION_READ, patient_uid=uid)
     return jsonify({"uid": uid, "news2": _news2(predictions),
                     "predictions": [_prediction(p) for _, p in sorted(predictions.items())]})
@@ -425,7 +370,7 @@ def patient_trajectory(uid: str, task: str) -> Response:
         raise NotFound("no such task")
     row = _visible_patient(uid)
     since = args["since"] or datetime.now(UTC) - timedelta(days=DEFAULT_TRAJECTORY_DAYS)
-    points = risk_trajectory(_engine(), int(row.id), task, since)
+    points = risk_trajectory(_engine(), row.id, task, since)
     audit(Action.TRAJECTORY_READ, patient_uid=uid, detail=task)
     return jsonify({"uid": uid, "task": task, "since": _iso(since),
                     "points": [_trajectory_point(p, task) for p in points]})
@@ -477,7 +422,7 @@ def _risk_assessment(uid: str, p: Any) -> dict[str, Any]:
 @requires(Permission.PREDICTION_READ)
 def patient_risk_assessment(uid: str) -> Response:
     row = _visible_patient(uid)
-    predictions = latest_predictions(_engine(), int(row.id))
+    predictions = latest_predictions(_engine(), row.id)
     resources = [_risk_assessment(uid, p) for _, p in sorted(predictions.items())]
     bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
               "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r, "search": {"mode": "match"}}
@@ -499,7 +444,7 @@ def break_glass(uid: str) -> tuple[Response, int]:
     body = json_body()
     row = _patient_row(uid)
     minutes = int(body.get("minutes") or 60)
-    expires = open_break_glass(_engine(), _keyring(), principal(), int(row.id), body["reason"], minutes=minutes)
+    expires = open_break_glass(_engine(), _keyring(), principal(), row.id, body["reason"], minutes=minutes)
     audit(Action.BREAK_GLASS, patient_uid=uid, detail=f"{minutes} min")
     return jsonify({"uid": uid, "expires_at": _iso(expires)}), 201
 
