@@ -255,12 +255,22 @@ def _level(value: object) -> str | None:
     return str(value)
 
 
+_PLAIN_NUMBERS = frozenset({float, int, bool, type(None)})
+
+
 def _row_arrays(fast: FastModel, row: Mapping[str, object], fill_missing: bool) -> tuple[np.ndarray, list[str | None]]:
     if not fill_missing:
         absent = [name for name in fast.feature_names if name not in row]
         if absent:
             raise FeatureError(f"feature columns missing: {', '.join(absent[:10])}")
-    numeric = np.array([_number(name, row.get(name)) for name in fast.numeric_names], dtype=np.float64)
+    values = [row.get(name) for name in fast.numeric_names]
+    if all(type(v) in _PLAIN_NUMBERS for v in values):  # the common case, converted in one call
+        numeric = np.array(values, dtype=np.float64)  # None -> NaN (missing)
+        if np.isinf(numeric).any():
+            numeric = np.array([_number(n, v) for n, v in zip(fast.numeric_names, values, strict=True)])
+    else:  # the general rule, which also names the first unusable feature
+        numeric = np.array([_number(n, v) for n, v in zip(fast.numeric_names, values, strict=True)],
+                           dtype=np.float64)
     categorical = [_level(row.get(name)) for name in fast.categorical_names]
     return numeric, categorical
 

@@ -27,6 +27,11 @@ _LOCK_KEY = 0x43434155  # "CCAU": the advisory lock of the audit trail on Postgr
 _FIELDS = ("at", "user_id", "username", "role", "action", "patient_uid", "source_ip", "outcome", "request_id",
            "detail")
 OUTCOMES = ("success", "denied", "failed", "error")
+# Built once: each request appends one row, so the statements are compiled once and then reused.
+_TABLE = S.table(S.AuditEvent)
+_HEAD = select(_TABLE.c.hash).order_by(_TABLE.c.id.desc()).limit(1)
+_APPEND = insert(_TABLE)
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 
 
 def _digest(prev_hash: str, row: dict[str, Any]) -> str:
@@ -63,10 +68,9 @@ class AuditLog:
                 with self.engine.begin() as conn:
                     if conn.dialect.name == "postgresql":
                         # serialise appenders across processes and hosts for the length of this transaction
-                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-                    head = conn.execute(select(S.AuditEvent.hash).order_by(S.AuditEvent.id.desc()).limit(1)).scalar()
-                    prev = head or GENESIS
-                    conn.execute(insert(S.AuditEvent).values(**row, prev_hash=prev, hash=_digest(prev, row)))
+                        conn.execute(_ADVISORY_LOCK, {"k": _LOCK_KEY})
+                    prev = conn.execute(_HEAD).scalar() or GENESIS
+                    conn.execute(_APPEND, {**row, "prev_hash": prev, "hash": _digest(prev, row)})
                 return
             except IntegrityError:
                 # another writer appended first (SQLite): chain onto the new head after a short pause

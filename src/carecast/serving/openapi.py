@@ -9,6 +9,7 @@ field, never the value.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -142,6 +143,46 @@ def _is_type(value: Any, kind: str) -> bool:
     raise ValueError(f"unsupported schema type {kind}")
 
 
+_SCALAR_KINDS = frozenset({"string", "number", "integer", "boolean", "null"})
+_scalar_checks: dict[int, tuple[Mapping[str, Any], Callable[[Any], bool] | None]] = {}
+
+
+def _scalar_check(schema: Mapping[str, Any]) -> Callable[[Any], bool] | None:
+    """For a schema that only names scalar types (e.g. a feature value: number, string, boolean or null),
+    one fast predicate; None for any other schema. A feature row has hundreds of members, each checked
+    against the same schema, so the walk of `validate` per member is worth skipping (cached per schema)."""
+    cached = _scalar_checks.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    kinds = schema.get("type")
+    kinds_list = [kinds] if isinstance(kinds, str) else list(kinds or ())
+    check: Callable[[Any], bool] | None = None
+    if set(schema) == {"type"} and kinds_list and set(kinds_list) <= _SCALAR_KINDS:
+        exact: set[type] = set()
+        finite_numbers = "number" in kinds_list
+        if "string" in kinds_list:
+            exact.add(str)
+        if "boolean" in kinds_list:
+            exact.add(bool)
+        if "null" in kinds_list:
+            exact.add(type(None))
+        if "integer" in kinds_list or finite_numbers:
+            exact.add(int)
+        frozen = frozenset(exact)
+
+        def scalar(value: Any) -> bool:
+            kind = type(value)
+            if kind in frozen:
+                return True
+            if kind is float and finite_numbers:
+                return math.isfinite(value)
+            return any(_is_type(value, k) for k in kinds_list)  # subclasses: the general rule decides
+
+        check = scalar
+    _scalar_checks[id(schema)] = (schema, check)
+    return check
+
+
 def validate(schema: Mapping[str, Any], value: Any, path: str = "", where: str = "body") -> list[FieldError]:
     """Problems of `value` against `schema`, each naming the field and the reason (never the value)."""
     problems: list[FieldError] = []
@@ -183,6 +224,9 @@ def validate(schema: Mapping[str, Any], value: Any, path: str = "", where: str =
                 problems.append(FieldError(where, _join(path, name), "required field is missing"))
         props: Mapping[str, Any] = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
+        fast = _scalar_check(extra) if isinstance(extra, dict) and not props else None
+        if fast is not None and all(fast(item) for item in value.values()):
+            return problems  # every member is of an allowed scalar type: nothing more to check
         for name, item in value.items():
             if name in props:
                 problems += validate(props[name], item, _join(path, name), where)

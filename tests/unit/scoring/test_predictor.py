@@ -77,8 +77,14 @@ def test_rows_it_cannot_score_are_refused_without_echoing_values(predictor: Pred
     with pytest.raises(FeatureError) as err:
         predictor.predict(TASK, {**row, "heart_rate_last_4h": "SECRET-7731"})
     assert "SECRET" not in str(err.value) and "heart_rate_last_4h" in str(err.value)
-    with pytest.raises(FeatureError):
+    with pytest.raises(FeatureError, match="age"):
         predictor.predict(TASK, {**row, "age": math.inf})
+    with pytest.raises(FeatureError, match="heart_rate_last_4h"):  # a number in a string is not a number
+        predictor.predict(TASK, {**row, "heart_rate_last_4h": "88"})
+    as_none = predictor.predict(TASK, {**row, "heart_rate_last_4h": None})
+    as_nan = predictor.predict(TASK, {**row, "heart_rate_last_4h": math.nan})
+    assert as_none.risk == as_nan.risk  # None is missing, like NaN
+    assert predictor.predict(TASK, {**row, "age": 70}).risk == predictor.predict(TASK, {**row, "age": 70.0}).risk
 
 
 def test_a_task_without_champion(models: TrainedModels) -> None:

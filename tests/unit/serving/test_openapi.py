@@ -94,6 +94,9 @@ def test_docs_page_lists_every_operation_without_outside_assets(client: FlaskCli
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
 
 
+_ROW = {"type": "object", "additionalProperties": {"type": ["number", "string", "boolean", "null"]}}
+
+
 @pytest.mark.parametrize(("schema", "value", "expected"), [
     ({"type": "object", "required": ["a"]}, {}, [("a", "required field is missing")]),
     ({"type": "string", "maxLength": 3}, "secret-value", [("(body)", "longer than 3 characters")]),
@@ -101,6 +104,13 @@ def test_docs_page_lists_every_operation_without_outside_assets(client: FlaskCli
     ({"type": "object", "additionalProperties": False}, {"bad key!": 1}, [("(key)", "unknown field")]),
     ({"type": "number", "minimum": 0}, float("nan"), [("(body)", "expected a number")]),
     ({"type": ["string", "null"]}, None, []),
+    # a feature row: one scalar schema for every member (the validator's fast path) must still name each bad one
+    (_ROW, {"a": 1, "b": 2.5, "c": "x", "d": True, "e": None}, []),
+    (_ROW, {"a": 1, "b": [1]}, [("b", "expected a number or a string or true or false or null")]),
+    (_ROW, {"a": float("inf"), "b": {"x": 1}}, [("a", "expected a number or a string or true or false or null"),
+                                               ("b", "expected a number or a string or true or false or null")]),
+    ({"type": "object", "additionalProperties": {"type": "integer"}}, {"a": 1, "b": 1.5, "c": True},
+     [("b", "expected an integer"), ("c", "expected an integer")]),
 ])
 def test_validator_names_fields_never_values(schema: dict[str, Any], value: Any,
                                              expected: list[tuple[str, str]]) -> None:
