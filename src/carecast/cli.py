@@ -415,8 +415,11 @@ def serve(host: str, port: int, workers: int | None) -> None:
 
     Without CARECAST_QUEUE_URL each worker process also scores queued patients in a thread.
     """
+    from carecast.serving.wsgi import prepare_metrics_dir
     from carecast.serving.wsgi import serve as run
 
+    # first: the workers' metrics are merged across processes only if this is set before any metric exists
+    prepare_metrics_dir(_settings().data_dir / "metrics" / f"serve-{port}")
     store = _open_store()  # migrate and check keys once, before the workers start
     store.close()
     run(host=host, port=port, workers=workers, app_factory=_app_factory())
@@ -432,18 +435,29 @@ def _app_factory() -> Callable[[], Any]:
 
 @main.command()
 @click.option("--max-jobs", type=int, default=None, help="Stop after this many jobs (default: run until stopped).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve this worker's Prometheus metrics on this port.")
 @handle_errors
-def worker(max_jobs: int | None) -> None:
-    """Run a scoring worker: claim queued patients, score them with the champion models, publish updates."""
+def worker(max_jobs: int | None, metrics_port: int | None) -> None:
+    """Run a scoring worker: claim queued patients, score them with the champion models, publish updates.
+
+    Logs are JSON lines on stderr; with --metrics-port its Prometheus metrics (predictions, alerts,
+    ingest-to-score latency, failures) are served on 0.0.0.0:PORT/metrics."""
     import signal
     import threading
 
     from carecast.jobs.worker import run_worker
+    from carecast.monitoring.logs import configure_logging
     from carecast.scoring.events import make_bus
     from carecast.scoring.predictor import Predictor
     from carecast.scoring.queue import make_queue, new_worker_id
 
     settings = _settings()
+    configure_logging(settings.log_level)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
     store = _open_store()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -540,11 +554,13 @@ def run(host: str, port: int, workers: int | None, speed: float) -> None:
     import os
     import subprocess
 
+    from carecast.serving.wsgi import prepare_metrics_dir
     from carecast.serving.wsgi import serve as run_server
 
     if not speed > 0:
         raise click.UsageError("--speed must be positive")
     settings = _settings()
+    prepare_metrics_dir(settings.data_dir / "metrics" / f"serve-{port}")  # before any metric exists (see serve)
     store = _open_store()
     try:
         _prepare_history(settings, store)

@@ -30,6 +30,7 @@ from carecast.domain.records import UnitOfWork
 from carecast.ingest.common import FieldProblem
 from carecast.ingest.fhir import add_resource
 from carecast.ingest.wearable import decode_reading
+from carecast.monitoring.metrics import observe_ingest
 from carecast.scoring.queue import DatabaseQueue, ScoreQueue
 from carecast.simulate import Event, Hospital, SimulationConfig, WearableBatch
 from carecast.store import Store
@@ -137,6 +138,7 @@ class _Writer:
         while not self.stop.is_set():
             try:
                 summary = ingest_units([unit], self.writer, source=SOURCE, label=label)
+                observe_ingest(SOURCE, summary.inserted + summary.updated + summary.unchanged, summary.rejected)
                 break
             except Exception as exc:  # the database is away: the same unit again later changes nothing twice
                 log.warning("live feed could not write a batch (%s); retrying in %.0f s", type(exc).__name__, RETRY_S)

@@ -11,8 +11,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from carecast.errors import CareCastError
+from carecast.monitoring.metrics import observe_prediction, observe_score_lag, observe_scoring_failure
 from carecast.scoring.events import EventBus, RiskEvent
 from carecast.scoring.predictor import Predictor
 from carecast.scoring.queue import Job, ScoreQueue, new_worker_id
@@ -60,6 +62,20 @@ def _publish(bus: EventBus | None, predictions: list[StoredPrediction], retried:
             log.warning("could not publish a risk event (%s)", type(exc).__name__)
 
 
+def _observe(predictions: list[StoredPrediction], jobs: list[Job]) -> None:
+    """Metrics of a scored patient: new (non-shadow) predictions, alerts, and the time since its jobs were
+    queued (the ingest-to-score latency)."""
+    created = [p for p in predictions if p.created and not p.shadow]
+    for p in created:
+        observe_prediction(p.task, p.model_version, p.risk, source="live", alert=p.band == "high")
+    if created:
+        now = datetime.now(UTC)
+        for job in jobs:
+            if job.enqueued_at is not None:
+                queued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
+                observe_score_lag((now - queued).total_seconds())
+
+
 def process_jobs(store: Store, predictor: Predictor, queue: ScoreQueue, bus: EventBus | None, jobs: list[Job],
                  stats: WorkerStats, *, shadow_challenger: bool = False) -> None:
     """Score the patients of claimed jobs (each patient once, however many of its jobs were claimed)."""
@@ -73,6 +89,7 @@ def process_jobs(store: Store, predictor: Predictor, queue: ScoreQueue, bus: Eve
         except Exception as exc:
             reason = describe_error(exc)
             stats.failed += len(patient_jobs)
+            observe_scoring_failure(len(patient_jobs))
             stats.errors[reason] = stats.errors.get(reason, 0) + 1
             log.warning("scoring job %s failed (%s)", patient_jobs[0].id, reason)
             for job in patient_jobs:
@@ -82,6 +99,7 @@ def process_jobs(store: Store, predictor: Predictor, queue: ScoreQueue, bus: Eve
                     log.warning("could not record the failure of job %s (%s)", job.id, type(fail_exc).__name__)
             continue
         stats.stored += sum(1 for p in predictions if p.created)
+        _observe(predictions, patient_jobs)
         _publish(bus, predictions, any(job.attempts > 1 for job in patient_jobs), stats)
         done.extend(job.id for job in patient_jobs)
     if done:

@@ -20,6 +20,7 @@ class Permission(StrEnum):
     MODEL_MANAGE = "model:manage"
     AUDIT_READ = "audit:read"
     USER_MANAGE = "user:manage"
+    METRICS_READ = "metrics:read"  # /metrics: operational counters only, no patient data
 
 
 P = Permission
@@ -28,8 +29,9 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "clinician": frozenset({P.PATIENT_READ, P.PATIENT_DEMOGRAPHICS, P.PREDICTION_READ, P.PREDICTION_CREATE,
                             P.MODEL_READ}),
     "nurse": frozenset({P.PATIENT_READ, P.PATIENT_DEMOGRAPHICS, P.PREDICTION_READ, P.INGEST_WRITE}),
-    "data_scientist": frozenset({P.PREDICTION_READ, P.PREDICTION_CREATE, P.MODEL_READ, P.MODEL_MANAGE}),
-    "admin": frozenset({P.USER_MANAGE, P.MODEL_READ, P.MODEL_MANAGE, P.INGEST_WRITE}),
+    "data_scientist": frozenset({P.PREDICTION_READ, P.PREDICTION_CREATE, P.MODEL_READ, P.MODEL_MANAGE,
+                                 P.METRICS_READ}),
+    "admin": frozenset({P.USER_MANAGE, P.MODEL_READ, P.MODEL_MANAGE, P.INGEST_WRITE, P.METRICS_READ}),
     "auditor": frozenset({P.AUDIT_READ}),
 }
 UNIT_RESTRICTED = frozenset({"clinician", "nurse"})

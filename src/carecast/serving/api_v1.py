@@ -30,6 +30,7 @@ from carecast.ingest.fhir import decode_bundle, decode_ndjson
 from carecast.ingest.wearable import decode_jsonl
 from carecast.models.metrics import age_band
 from carecast.models.tasks import TASKS
+from carecast.monitoring.metrics import observe_ingest, observe_prediction
 from carecast.scoring.predictor import FeatureError
 from carecast.scoring.scorer import current_risks, latest_predictions, risk_trajectory
 from carecast.security.access import can_see_patient, open_break_glass
@@ -485,12 +486,14 @@ def _unknown_features(rows: Iterable[tuple[str, Mapping[str, Any]]], known: set[
 def _score(task: str, row: Mapping[str, Any], where: str) -> Any:
     """One row scored; a model gone since the check is a 503, a row it cannot read a 422 naming where."""
     try:
-        return services().predictor.predict(task, row, fill_missing=True)
+        result = services().predictor.predict(task, row, fill_missing=True)
     except FeatureError as exc:
         raise Unprocessable("a feature row cannot be scored",
                             fields=[FieldError(where, None, exc.public_message)]) from None
     except NotFoundError:
         raise ServiceUnavailable("no model is loaded for this task") from None
+    observe_prediction(task, str(_attr(result, "model_version")), float(_attr(result, "risk")), source="api")
+    return result
 
 
 def _scored(result: Any) -> dict[str, Any]:
@@ -636,6 +639,7 @@ def _finish_ingest(action: str, done: _Ingested) -> Response:
     """Audit the write, hand changed patients to the scoring queue, answer (422 if nothing was stored)."""
     s = done.summary
     nothing = s.nothing_stored
+    observe_ingest(action.split(":")[-1], s.inserted + s.updated + s.unchanged, s.rejected)
     detail = (f"batch={s.batch_id} inserted={s.inserted} updated={s.updated} unchanged={s.unchanged} "
               f"rejected={s.rejected} skipped={s.skipped}")
     audit(action, "failed" if nothing else "success", detail=detail)

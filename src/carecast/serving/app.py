@@ -24,6 +24,7 @@ from carecast.config import Settings
 from carecast.errors import ConfigError
 from carecast.models.registry import Registry
 from carecast.models.tasks import TASKS
+from carecast.monitoring.logs import configure_logging
 from carecast.security.audit import AuditLog
 from carecast.serving import errors, health
 from carecast.serving.api_v1 import MAX_INGEST_BYTES
@@ -32,6 +33,7 @@ from carecast.serving.auth import check_declared
 from carecast.serving.cds_hooks import bp as cds_hooks
 from carecast.serving.context import EXTENSION, BusLike, PredictorLike, QueueLike, Services
 from carecast.serving.context import init_app as init_context
+from carecast.serving.observability import init_app as init_observability
 from carecast.serving.ratelimit import Limiter, RedisLimiter, TokenBucketLimiter
 from carecast.serving.stream import bp as stream_bp
 from carecast.serving.stream import hub_of
@@ -126,6 +128,7 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Regi
     services = Services(settings=settings, store=store, registry=registry, predictor=predictor, queue=queue, bus=bus,
                         audit=AuditLog(store.engine), limiter=_limiter(settings))
     init_context(app, services)
+    init_observability(app)  # timing, metrics and the access log of every request; /metrics
     errors.init_app(app)
     app.register_blueprint(health.bp)
     init_stream(app, services)
@@ -170,4 +173,6 @@ def shutdown(app: Flask, timeout: float = WORKER_STOP_S) -> None:
 def app_from_env(worker_factory: WorkerFactory | None = None) -> Flask:
     """The app with settings read from the environment once: `gunicorn 'carecast.serving.app:app_from_env()'`
     (without an embedded worker: run `carecast worker` beside it, or use `carecast serve`)."""
-    return create_app(Settings.from_env(), worker_factory=worker_factory)
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    return create_app(settings, worker_factory=worker_factory)

@@ -36,6 +36,7 @@ from carecast.errors import NotFoundError
 from carecast.ingest.common import FieldProblem
 from carecast.ingest.fhir import BUNDLE_TYPES_ENTRYWISE, decode_bundle, decode_resource
 from carecast.models.tasks import TASKS
+from carecast.monitoring.metrics import observe_feedback, observe_prediction
 from carecast.scoring.scorer import latest_bedside_time, latest_predictions, score_frames
 from carecast.security.cds_jwt import CdsAuthError, VerifiedToken, verify_token
 from carecast.serving.auth import Action, authenticated_by, public
@@ -387,6 +388,7 @@ def _score_in_memory(frames: ClinicalFrames, patient_id: int, task: str) -> _Ris
     if discharged.notna().any():
         return None  # the latest stay is over: an inpatient risk from it would mislead
     r = scored.risks[0]
+    observe_prediction(r.task, r.model_version, float(r.risk), source="cds")
     return _Risk(task=r.task, model_version=r.model_version, risk=float(r.risk), band=r.band, news2=scored.news2,
                  factors=list(r.factors), data_time=scored.data_time, threshold=r.threshold)
 
@@ -572,6 +574,8 @@ def feedback(service_id: str) -> Response:
         with services().store.engine.begin() as conn:
             conn.execute(insert(S.CdsFeedback), rows)
         outcomes = [item["outcome"] for item in items]
+        for outcome in outcomes:
+            observe_feedback("cds", outcome)
         detail = (f"items={len(items)} accepted={outcomes.count('accepted')} "
                   f"overridden={outcomes.count('overridden')}")
         return jsonify({"received": len(items)}), None, detail

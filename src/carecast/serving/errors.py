@@ -168,7 +168,8 @@ def handle_error(exc: Exception) -> Response:
                         exc.headers)
     if _database_unavailable(exc):
         log.warning("database unavailable (%s) on %s %s request_id=%s", type(exc).__name__, request.method,
-                    _route(), getattr(g, "request_id", None))
+                    _route(), getattr(g, "request_id", None),
+                    extra={"request_id": getattr(g, "request_id", None), "route": _route(), "method": request.method})
         return handle_error(ServiceUnavailable("the database is unavailable; retry shortly"))
     if isinstance(exc, CareCastError) and exc.http_status < 500:
         code = _CARECAST_CODES.get(exc.http_status, "error")
@@ -185,7 +186,9 @@ def handle_error(exc: Exception) -> Response:
         return _respond(exc.code, error_body(exc.code, code, message), headers)
     error_id = uuid.uuid4().hex[:16]
     log.error("unexpected error error_id=%s request_id=%s on %s %s\n%s", error_id, getattr(g, "request_id", None),
-              request.method, _route(), _stack_frames(exc))
+              request.method, _route(), _stack_frames(exc),
+              extra={"error_id": error_id, "request_id": getattr(g, "request_id", None), "route": _route(),
+                     "method": request.method, "status": 500})
     return _respond(500, error_body(500, "internal_error", "an unexpected error occurred; quote the error id",
                                     error_id=error_id))
 

@@ -9,8 +9,11 @@ the graceful timeout instead of waiting for its open streams.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -46,6 +49,28 @@ def post_worker_init(worker: Any) -> None:
 def worker_int(worker: Any) -> None:
     """SIGINT or SIGQUIT (Ctrl-C): the worker exits at once; end its streams and its scoring worker first."""
     worker_exit(None, worker)
+
+
+def prepare_metrics_dir(path: Path) -> Path:
+    """An empty directory where each worker process writes its metric values, exported as
+    PROMETHEUS_MULTIPROC_DIR for the workers to inherit (a restart starts from zero, not from the old run's
+    counts). Must run before anything imports carecast.monitoring.metrics in this process: prometheus_client
+    chooses between in-process and multiprocess values when the metrics are created."""
+    if "carecast.monitoring.metrics" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise RuntimeError("prepare_metrics_dir must run before carecast.monitoring.metrics is imported")
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+def child_exit(_server: Any, worker: Any) -> None:
+    """In the master: a worker has exited; its live gauges leave the merged metrics."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from carecast.monitoring.metrics import mark_process_dead
+
+        mark_process_dead(worker.pid)
 
 
 def worker_exit(_server: Any, worker: Any) -> None:
@@ -86,5 +111,5 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
         "bind": f"{host}:{port}", "workers": workers or os.cpu_count() or 1, "worker_class": "gthread",
         "threads": THREADS, "graceful_timeout": GRACEFUL_TIMEOUT_S, "timeout": 30, "accesslog": None,
         "preload_app": False, "post_worker_init": post_worker_init, "worker_int": worker_int,
-        "worker_exit": worker_exit,
+        "worker_exit": worker_exit, "child_exit": child_exit,
     }, app_factory).run()

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from carecast.jobs import worker as W
@@ -63,11 +64,18 @@ def test_worker_scores_every_queued_patient_once(store: Store, predictor: Predic
     sub = bus.subscribe()
     queue.enqueue(pids, datetime.now(UTC))
     queue.enqueue(pids[:3], None)  # coalesced into the waiting jobs
+    version = predictor.versions()[TASK]
+    live = {"task": TASK, "model_version": version, "source": "live"}
+    counted = REGISTRY.get_sample_value("carecast_predictions_total", live) or 0.0
+    lags = REGISTRY.get_sample_value("carecast_ingest_to_score_seconds_count") or 0.0
     stats = W.run_worker(store, predictor, queue, bus, worker_id="w1", batch=3, stop=threading.Event(),
                          exit_when_idle=True)
     assert queue.depth() == 0
     n = len(pids)
     assert (stats.claimed, stats.completed, stats.failed, stats.stored) == (n, n, 0, n)
+    # metrics: one live prediction per stored row, one ingest-to-score latency per completed job
+    assert REGISTRY.get_sample_value("carecast_predictions_total", live) == counted + n
+    assert REGISTRY.get_sample_value("carecast_ingest_to_score_seconds_count") == lags + n
     assert _predictions_per_patient(store) == Counter(dict.fromkeys(pids, 1))
     events = _drain(sub)
     with store.engine.connect() as conn:
