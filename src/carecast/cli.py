@@ -907,5 +907,167 @@ def cds_remove_client(iss: str) -> None:
     click.echo("CDS client removed")
 
 
+# -- population health -------------------------------------------------------------------------------------
+
+@main.group()
+def population() -> None:
+    """Population health: cases, hospitalisations and deaths per 100,000 population by state."""
+
+
+@population.command("report")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG file for the four-panel figure; the table is written beside it (same name, .csv).")
+@click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Imported CSV of cumulative totals (State, Date, Total Cases, Total Deaths, "
+                   "Total Hospitalizations, Population) instead of the stored data.")
+@click.option("--codes", default=None,
+              help="Stored data: comma-separated ICD-10 codes whose patients are cases [default: U07.1].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
+@handle_errors
+def population_report(out: Path, csv_path: Path | None, codes: str | None, as_json: bool) -> None:
+    """Rates per 100,000 by state, the OLS of death rate on case rate, a PNG figure and a CSV table.
+
+    Exit codes: 0 written; 3 written, but some CSV rows were quarantined; 4 nothing to report.
+    """
+    from carecast.errors import InputError
+    from carecast.population import (
+        population_json,
+        read_state_csv,
+        report_from_counts,
+        report_from_csv,
+        write_figure,
+        write_table,
+    )
+
+    if out.suffix.lower() != ".png":
+        raise click.BadParameter("must name a .png file", param_hint="--out")
+    if csv_path is not None and codes is not None:
+        raise click.BadParameter("applies to the stored data, not to --csv", param_hint="--codes")
+    if csv_path is not None:
+        report = report_from_csv(read_state_csv(csv_path))
+    else:
+        from carecast.store.population import DEFAULT_CODES, state_counts
+
+        code_list = [c.strip().upper() for c in codes.split(",") if c.strip()] if codes else list(DEFAULT_CODES)
+        store = _open_store()
+        try:
+            report = report_from_counts(state_counts(store.engine, code_list), code_list)
+        finally:
+            store.close()
+    for problem in report.problems[:20]:
+        click.echo(f"quarantined: {report.label} {problem.describe()}", err=True)
+    if len(report.problems) > 20:
+        click.echo(f"quarantined: ... and {len(report.problems) - 20} more rows", err=True)
+    if report.states == 0:
+        raise InputError(f"nothing to report: no state with figures in {report.label}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table_path = out.with_suffix(".csv")
+    write_figure(report, out)
+    write_table(report, table_path)
+    if as_json:
+        _print_json(population_json(report))
+    else:
+        click.echo(f"{report.states} states from {report.label}; populations: {report.population_source}")
+        fit = report.fit
+        click.echo(f"OLS deaths/100K on cases/100K: slope {fit.slope:.4g}, intercept {fit.intercept:.4g}, "
+                   f"R² {fit.r_squared:.3f}, n {fit.n}" if fit else "OLS: too few states for a regression")
+        for e in report.excluded:
+            click.echo(f"left out: {e['state']} ({e['reason']})")
+        if report.unknown_state:
+            click.echo(f"patients without a state (not counted): {report.unknown_state}")
+        click.echo(f"figure: {out}\ntable: {table_path}")
+    if report.problems:
+        sys.exit(ExitCode.PARTIAL)
+
+
+# -- retraining behind the promotion gates -------------------------------------------------------------------
+
+@main.command()
+@click.option("--task", default="deterioration_24h", show_default=True, help="The outcome task to retrain.")
+@click.option("--holdout-fraction", default=0.25, show_default=True,
+              help="Share of the latest admissions held out to compare champion and challenger.")
+@click.option("--no-promote", is_flag=True,
+              help="Record the gates' decision but leave the new model as challenger (shadow mode).")
+@click.option("--every", "every_hours", type=float, default=None,
+              help="Run now and then every HOURS in the foreground until Ctrl-C / SIGTERM.")
+@click.option("--shadow-report", is_flag=True,
+              help="Do not train: compare the champion's scores with the challenger's shadow scores.")
+@click.option("--since-hours", type=float, default=None, help="--shadow-report: only scores of the last HOURS.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--bootstrap", default=200, show_default=True, help="Bootstrap resamples for the CIs.")
+@handle_errors
+def retrain(task: str, holdout_fraction: float, no_promote: bool, every_hours: float | None, shadow_report: bool,
+            since_hours: float | None, seed: int, bootstrap: int) -> None:
+    """Train a challenger on stored data and promote it only if the promotion gates pass.
+
+    Champion and challenger are scored on the same holdout of the latest admissions (never seen by the
+    challenger's training); the decision and one reason per gate are recorded in the registry and printed
+    as JSON. A refused challenger stays challenger (scored in shadow). Exit 0 whether promoted or not.
+    """
+    if shadow_report:
+        _shadow_report(task, since_hours, bootstrap, seed)
+        return
+    from carecast.jobs.retrain import run_retrain
+
+    options: dict[str, Any] = {"holdout_fraction": holdout_fraction, "promote": not no_promote, "seed": seed,
+                               "n_boot": bootstrap}
+
+    def once() -> dict[str, Any]:
+        store = _open_store()
+        try:
+            result = run_retrain(store, _registry(), task, progress=_progress_printer(), **options)
+        finally:
+            store.close()
+        _print_json(result.to_dict())
+        click.echo(f"{task}: challenger {result.version} {'promoted' if result.promoted else 'not promoted'}; "
+                   f"champion {result.champion_after or '(none)'}", err=True)
+        return result.to_dict()
+
+    if every_hours is None:
+        once()
+        return
+    _retrain_every(once, every_hours)
+
+
+def _retrain_every(job: Callable[[], Any], hours: float) -> None:
+    import signal
+    import threading
+
+    from carecast.jobs.retrain import RetrainScheduler
+
+    if not hours > 0:
+        raise click.UsageError("--every must be a positive number of hours")
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+    scheduler = RetrainScheduler(job, interval_s=hours * 3600.0, first_after_s=0.0).start()
+    try:
+        while not stop.wait(1.0) and scheduler.running:
+            pass
+    finally:
+        scheduler.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    click.echo(f"retraining schedule stopped after {scheduler.runs} run(s), {scheduler.failures} failed", err=True)
+
+
+def _shadow_report(task: str, since_hours: float | None, bootstrap: int, seed: int) -> None:
+    from datetime import UTC, datetime
+
+    from carecast.errors import NotFoundError
+    from carecast.scoring.shadow import compare_shadow
+
+    aliases = _registry().aliases(task)
+    if not aliases.get("champion") or not aliases.get("challenger"):
+        raise NotFoundError(f"{task} needs a champion and a challenger for a shadow report")
+    since = datetime.now(UTC) - timedelta(hours=since_hours) if since_hours else None
+    store = _open_store()
+    try:
+        found = compare_shadow(store, task, aliases["champion"], aliases["challenger"], since=since, n_boot=bootstrap,
+                               seed=seed)
+    finally:
+        store.close()
+    _print_json(found.to_dict())
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

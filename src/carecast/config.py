@@ -57,6 +57,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("expected a positive number")
+    return value
+
+
 def _database_url(raw: str) -> str:
     if not raw.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
         raise ValueError("expected a sqlite:/// or postgresql:// URL")
@@ -78,6 +85,20 @@ CARECAST_DATA_KEY = EnvVar("CARECAST_DATA_KEY", str, None,
 CARECAST_KEY_FILE = EnvVar("CARECAST_KEY_FILE", Path, None,
                            "Path of the local keyring file (mode 0600). Default: "
                            "$CARECAST_DATA_DIR/keys/keyring.json.")
+
+
+def _kms_key_name(raw: str) -> str:
+    parts = raw.strip().split("/")
+    if (len(parts) != 8 or parts[0::2] != ["projects", "locations", "keyRings", "cryptoKeys"]
+            or not all(parts[1::2])):
+        raise ValueError("expected projects/P/locations/L/keyRings/R/cryptoKeys/K")
+    return raw.strip()
+
+
+CARECAST_KMS_KEY = EnvVar("CARECAST_KMS_KEY", _kms_key_name, None,
+                          "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) that wraps the data key "
+                          "(envelope encryption): CARECAST_DATA_KEY, or the key file, then holds the base64 of "
+                          "the wrapped key, unwrapped by Cloud KMS at start. Needs google-cloud-kms.")
 CARECAST_LOG_LEVEL = EnvVar("CARECAST_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info",
                             "Log level of the structured logs: debug, info, warning or error.")
 CARECAST_INGEST_CHUNK = EnvVar("CARECAST_INGEST_CHUNK", _positive_int, 5000,
@@ -96,11 +117,33 @@ CARECAST_EVENTS_URL = EnvVar("CARECAST_EVENTS_URL", str, None,
 CARECAST_RATE_LIMIT = EnvVar("CARECAST_RATE_LIMIT", _positive_int, 1200,
                              "API requests per minute per user (and per address for failed sign-ins); 429 beyond. "
                              "Shared across processes through CARECAST_QUEUE_URL's Redis when that is set.")
+CARECAST_SECRET_KEY = EnvVar("CARECAST_SECRET_KEY", str, None,
+                             "Key signing the web UI's session cookies (at least 32 characters). Required in "
+                             "production; elsewhere one is generated and kept in $CARECAST_DATA_DIR/keys/session.key.",
+                             secret=True)
+CARECAST_SESSION_IDLE_MINUTES = EnvVar("CARECAST_SESSION_IDLE_MINUTES", _positive_float, 15.0,
+                                       "Minutes without activity after which a web UI session is signed out "
+                                       "(a warning shows before).")
+
+
+def _hours(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise ValueError("expected a number of hours, 0 or more")
+    return value
+
+
+CARECAST_RETRAIN_INTERVAL_HOURS = EnvVar("CARECAST_RETRAIN_INTERVAL_HOURS", _hours, None,
+                                         "Hours between in-process retraining runs (`carecast retrain` behind the "
+                                         "promotion gates) of the embedded default; 0 turns them off. Default: 24, "
+                                         "and 0 when CARECAST_ENV=test.")
 
 ALL_VARIABLES: tuple[EnvVar[Any], ...] = (
     CARECAST_ENV, CARECAST_DATA_DIR, CARECAST_DATABASE_URL, CARECAST_DATA_KEY,
-    CARECAST_KEY_FILE, CARECAST_LOG_LEVEL, CARECAST_INGEST_CHUNK, CARECAST_MODEL_REGISTRY, CARECAST_QUEUE_URL,
-    CARECAST_EVENTS_URL, CARECAST_RATE_LIMIT,
+    CARECAST_KEY_FILE, CARECAST_KMS_KEY,
+    CARECAST_LOG_LEVEL, CARECAST_INGEST_CHUNK, CARECAST_MODEL_REGISTRY, CARECAST_QUEUE_URL,
+    CARECAST_EVENTS_URL, CARECAST_RATE_LIMIT, CARECAST_SECRET_KEY, CARECAST_SESSION_IDLE_MINUTES,
+    CARECAST_RETRAIN_INTERVAL_HOURS,
 )
 
 
@@ -113,12 +156,16 @@ class Settings:
     database_url: str = ""
     data_key: str | None = field(default=None, repr=False)
     key_file: Path = Path("var/keys/keyring.json")
+    kms_key: str | None = None
     log_level: str = "info"
     ingest_chunk: int = 5000
     model_registry: str = "var/models"
     queue_url: str | None = None
     events_url: str | None = None
     rate_limit: int = 1200
+    retrain_interval_hours: float = 0.0
+    secret_key: str | None = field(default=None, repr=False)
+    session_idle_minutes: float = 15.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -132,17 +179,28 @@ class Settings:
             database_url=database_url,
             data_key=CARECAST_DATA_KEY.read(env),
             key_file=key_file,
+            kms_key=CARECAST_KMS_KEY.read(env),
             log_level=CARECAST_LOG_LEVEL.read(env),  # type: ignore[arg-type]
             ingest_chunk=CARECAST_INGEST_CHUNK.read(env),  # type: ignore[arg-type]
             model_registry=CARECAST_MODEL_REGISTRY.read(env) or str(data_dir / "models"),
             queue_url=CARECAST_QUEUE_URL.read(env),
             events_url=CARECAST_EVENTS_URL.read(env),
             rate_limit=CARECAST_RATE_LIMIT.read(env),  # type: ignore[arg-type]
+            retrain_interval_hours=_retrain_interval(CARECAST_RETRAIN_INTERVAL_HOURS.read(env), env),
+            secret_key=CARECAST_SECRET_KEY.read(env),
+            session_idle_minutes=CARECAST_SESSION_IDLE_MINUTES.read(env),  # type: ignore[arg-type]
         )
 
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+
+def _retrain_interval(explicit: float | None, environ: Mapping[str, str]) -> float:
+    """The retraining interval: the variable when set, else 24 h, except under CARECAST_ENV=test (off)."""
+    if explicit is not None:
+        return explicit
+    return 0.0 if CARECAST_ENV.read(environ) == "test" else 24.0
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -5,7 +5,8 @@ Layout under the root (a local directory or any fsspec URL such as gs://bucket/m
     <task>/<version>/model.joblib    the fitted estimator (joblib)
     <task>/<version>/card.json       the model card, including the sha256 of model.joblib
     <task>/<version>/report/         the validation report (JSON, Markdown, plots)
-    <task>/aliases.json              {"champion": v, "challenger": v, "history": [...]}
+    <task>/<version>/decision.json   the promotion decision of a retraining run, gate by gate
+    <task>/aliases.json              {"champion": v, "challenger": v, "history": [...], "decisions": [...]}
 
 Unpickling runs code, so `load` refuses a file whose sha256 differs from its card's.
 """
@@ -144,6 +145,35 @@ class Registry:
             {"at": _now(), "alias": alias, "version": version, "previous": previous, "reason": reason})
         self._set_aliases(task, data)
         return data
+
+    # -- promotion decisions ---------------------------------------------------------------------------
+    def record_decision(self, task: str, version: str, decision: dict[str, Any]) -> dict[str, Any]:
+        """Keep a promotion decision: in full beside the model (decision.json), and a summary line
+        {at, version, champion, promoted, summary} in aliases.json next to the alias history."""
+        version = self.resolve(task, version)
+        at = _now()
+        full = {"at": at, "task": task, "version": version, **decision}
+        self._write_bytes(self._path(task, version, "decision.json"),
+                          json.dumps(to_jsonable(full), indent=2, allow_nan=False).encode())
+        data = self.aliases(task)
+        line = {"at": at, "version": version, "champion": decision.get("champion"),
+                "promoted": bool(decision.get("promoted")), "summary": decision.get("summary", "")}
+        data.setdefault("decisions", []).append(line)
+        self._set_aliases(task, data)
+        return full
+
+    def decision(self, task: str, version_or_alias: str) -> dict[str, Any] | None:
+        """The recorded promotion decision of a version, or None when it never went through the gates."""
+        path = self._path(task, self.resolve(task, version_or_alias), "decision.json")
+        if not self.fs.exists(path):
+            return None
+        found: dict[str, Any] = self._read_json(path)
+        return found
+
+    def decisions(self, task: str) -> list[dict[str, Any]]:
+        """Every recorded decision of a task, oldest first."""
+        found: list[dict[str, Any]] = self.aliases(task).get("decisions", [])
+        return found
 
     def rollback(self, task: str, reason: str = "rollback") -> dict[str, Any]:
         """Make the champion before the current one champion again."""
