@@ -27,8 +27,12 @@ run: $(STAMP) ## Start the API on 127.0.0.1:8000 with a synthetic hospital strea
 	$(BIN)/carecast run
 
 .PHONY: test
-test: lint typecheck ## Lint, type-check, then run the tests (SQLite and PostgreSQL)
+test: lint typecheck chromium ## Lint, type-check, then run the tests (SQLite and PostgreSQL)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+.PHONY: chromium
+chromium: ## Debian's Chromium for the browser tests (installed once when missing; Playwright never downloads one)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff and the import-layer contract

@@ -1,7 +1,7 @@
 """The app factory: `create_app(settings)` builds the Flask app, its services and its routes.
 
 Tests hand in their own store, predictor, queue and bus; otherwise they are built from the settings.
-The API authenticates with bearer tokens only, so no session secret is needed here (the UI adds its own).
+The API authenticates with bearer tokens only; the web UI (`serving.ui`) adds a session key and cookie.
 An app whose views do not all declare a permission (or `@public`) is refused at creation.
 
 The embedded default (no `CARECAST_QUEUE_URL`) scores inside the API process: given a `worker_factory`
@@ -38,6 +38,7 @@ from carecast.serving.ratelimit import Limiter, RedisLimiter, TokenBucketLimiter
 from carecast.serving.stream import bp as stream_bp
 from carecast.serving.stream import hub_of
 from carecast.serving.stream import init_app as init_stream
+from carecast.serving.ui import init_app as init_ui
 from carecast.store import Store
 
 WORKER_EXTENSION = "carecast.worker"
@@ -134,6 +135,7 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Regi
     init_stream(app, services)
     app.register_blueprint(api_v1)
     app.register_blueprint(cds_hooks)
+    init_ui(app, services)  # the web UI: session key (required in production), pages under /ui
     check_declared(app)
     if start_worker and worker_factory is not None:
         worker = worker_factory(store, predictor, queue, bus)
