@@ -430,7 +430,8 @@ def _app_factory() -> Callable[[], Any]:
     from carecast.jobs.worker import WorkerThread
     from carecast.serving.app import app_from_env
 
-    return functools.partial(app_from_env, worker_factory=WorkerThread)
+    # the embedded worker also scores with the challenger, in shadow (stored, compared, never shown)
+    return functools.partial(app_from_env, worker_factory=functools.partial(WorkerThread, shadow_challenger=True))
 
 
 @main.command()
@@ -462,9 +463,9 @@ def worker(max_jobs: int | None, metrics_port: int | None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        predictor = Predictor(_registry())
+        predictor = Predictor(_registry(), challengers=True)  # the challenger scores in shadow beside the champion
         stats = run_worker(store, predictor, make_queue(settings, engine=store.engine), make_bus(settings.events_url),
-                           worker_id=new_worker_id(), stop=stop, max_jobs=max_jobs)
+                           worker_id=new_worker_id(), stop=stop, max_jobs=max_jobs, shadow_challenger=True)
     except KeyboardInterrupt:
         stop.set()
         return
@@ -489,6 +490,7 @@ def live(speed: float, days: float, resume: bool) -> None:
     import threading
 
     from carecast.jobs.live import HISTORY, live_config, resume_point, stream_hospital
+    from carecast.jobs.retrain import RetrainScheduler, scheduler_from_settings
     from carecast.scoring.queue import make_queue
 
     if not speed > 0:
@@ -500,6 +502,7 @@ def live(speed: float, days: float, resume: bool) -> None:
     store = _open_store()
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+    scheduler: RetrainScheduler | None = None
     try:
         start_at, skip_before = config.start, None
         if resume:
@@ -509,9 +512,14 @@ def live(speed: float, days: float, resume: bool) -> None:
         click.echo(f"live feed: {config.patients} patients over {days:g} simulated days from "
                    f"{start_at.isoformat(timespec='minutes')}, {speed:g}x real time")
         report = _live_reporter()
+        scheduler = scheduler_from_settings(settings)  # retraining behind the gates (CARECAST_RETRAIN_INTERVAL_HOURS)
+        if scheduler is not None:
+            scheduler.start()
         stats = stream_hospital(store, config, speed=speed, start_at=start_at, stop=stop, skip_before=skip_before,
                                 queue=make_queue(settings, engine=store.engine), on_written=report)
     finally:
+        if scheduler is not None:
+            scheduler.stop()
         store.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

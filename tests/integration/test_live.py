@@ -247,6 +247,8 @@ def test_run_and_live_commands(models: TrainedModels, tmp_path: Path, monkeypatc
            "CARECAST_MODEL_REGISTRY": str(tmp_path / "models")}
     served: list[dict[str, Any]] = []
     monkeypatch.setattr(wsgi, "serve", lambda **options: served.append(options))
+    prepared: list[Path] = []  # this process has its metrics already (single-process): only check the call
+    monkeypatch.setattr(wsgi, "prepare_metrics_dir", prepared.append)
     children: list[Any] = []
 
     class Child:
@@ -272,6 +274,7 @@ def test_run_and_live_commands(models: TrainedModels, tmp_path: Path, monkeypatc
     assert password and token and len(password.group(1)) >= 20
     assert "http://127.0.0.1:8123/api/v1/stream" in first.output
     assert served and served[0]["port"] == 8123 and callable(served[0]["app_factory"])
+    assert prepared and prepared[0].name == "serve-8123"  # before anything else: see test_observability
     assert children[0].args[-3:] == ["live", "--speed", "120"] and children[0].stopped
     store = Store.open(Settings.from_env(env))
     try:

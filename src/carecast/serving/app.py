@@ -75,7 +75,8 @@ class _JSONProvider(DefaultJSONProvider):
 def _default_predictor(registry: Registry) -> PredictorLike:
     from carecast.scoring.predictor import Predictor
 
-    predictor: PredictorLike = Predictor(registry, list(TASKS))
+    # challengers loaded too: the embedded worker scores them in shadow; API answers use the champion only
+    predictor: PredictorLike = Predictor(registry, list(TASKS), challengers=True)
     return predictor
 
 
