@@ -57,6 +57,10 @@ bench-training: $(STAMP) ## Training time at ~100,000 predictions, end to end (s
 bench-serving: $(STAMP) ## Serving req/s, p50/p99: ceiling, predict, latest-risk GET, MLflow reference (~1.5 min)
 	$(BIN)/python benchmarks/serving.py
 
+.PHONY: bench-realtime
+bench-realtime: $(STAMP) ## New reading to pushed risk p50/p99 at 200 readings/s: SQLite embedded, PostgreSQL+Redis (~5 min)
+	$(BIN)/python benchmarks/realtime.py
+
 .PHONY: lock
 lock: ## Re-resolve requirements/*.lock from pyproject.toml (needs the registry)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
