@@ -58,8 +58,16 @@ bench-serving: $(STAMP) ## Serving req/s, p50/p99: ceiling, predict, latest-risk
 	$(BIN)/python benchmarks/serving.py
 
 .PHONY: bench-realtime
-bench-realtime: $(STAMP) ## New reading to pushed risk p50/p99 at 200 readings/s: SQLite embedded, PostgreSQL+Redis (~5 min)
+bench-realtime: $(STAMP) ## New reading to pushed risk p50/p99 at 200 readings/s: SQLite embedded, PostgreSQL+Redis (~3 min)
 	$(BIN)/python benchmarks/realtime.py
+
+.PHONY: container
+container: ## Build the image with podman (BASE_IMAGE=python:3.11-slim where a registry is reachable)
+	deploy/container/build.sh
+
+.PHONY: container-test
+container-test: $(STAMP) ## Build the image, run it: /readyz answers and a prediction is served (~3 min)
+	CARECAST_CONTAINER_TEST=1 $(BIN)/python -m pytest -q -p no:cacheprovider -s tests/integration/test_container.py
 
 .PHONY: lock
 lock: ## Re-resolve requirements/*.lock from pyproject.toml (needs the registry)
@@ -67,6 +75,7 @@ lock: ## Re-resolve requirements/*.lock from pyproject.toml (needs the registry)
 	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes --extra dev --extra support2 pyproject.toml -o requirements/dev.lock
 	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes pyproject.toml -o requirements/main.lock
+	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes --extra gcp pyproject.toml -o requirements/gcp.lock
 
 .PHONY: clean
 clean: ## Remove the virtual environment and caches (keeps ./var)

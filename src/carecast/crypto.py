@@ -19,6 +19,7 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -138,34 +139,184 @@ def write_key_file(path: Path, keyring: Keyring) -> None:
     os.replace(tmp, path)
 
 
-def load_keyring(settings: Settings, *, create: bool = True) -> Keyring:
-    """The keyring from CARECAST_DATA_KEY, else from the key file, else a new key file.
+def load_keyring(settings: Settings, *, create: bool = True, kms_client: KmsClient | None = None) -> Keyring:
+    """The keyring from the configured key provider (`key_provider`): Cloud KMS when CARECAST_KMS_KEY is set,
+    else CARECAST_DATA_KEY, else the key file, else a new key file.
 
     Production never creates a key: it refuses to start without one.
     """
-    if settings.data_key:
-        try:
-            master = base64.b64decode(settings.data_key, validate=True)
-        except (binascii.Error, ValueError):
-            raise ConfigError("CARECAST_DATA_KEY is not valid base64") from None
-        if len(master) < 32:
-            raise ConfigError("CARECAST_DATA_KEY must decode to at least 32 bytes")
-        return Keyring.from_master(master)
-    path = settings.key_file
-    if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise ConfigError(f"key file {path} is readable by others (mode {mode:o}); chmod 600 it")
-        return Keyring.from_json(path.read_text(encoding="utf-8"))
-    if settings.is_production or not create:
-        raise KeyMissingError(
-            "no data key: set CARECAST_DATA_KEY or provide CARECAST_KEY_FILE "
-            "(production never creates one)")
-    keyring = Keyring.generate()
-    write_key_file(path, keyring)
-    return keyring
+    return key_provider(settings, create=create, kms_client=kms_client).keyring()
 
 
 def new_master_key() -> str:
     """A fresh base64 master key, for `carecast keys generate`."""
     return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+# -- key providers: where the keyring comes from ----------------------------------------------------------------
+#
+# Local (the default): CARECAST_DATA_KEY holds the master key itself, or the key file holds the keyring.
+# Cloud KMS (CARECAST_KMS_KEY set), envelope encryption: the master key (or a keyring JSON, for several data
+# keys) is stored only wrapped by a KMS key that never leaves KMS; CARECAST_DATA_KEY, or the key file, holds
+# the base64 of that ciphertext, and KMS unwraps it once at start. Revoking the service's KMS permission
+# makes the stored data unreadable to it without touching the database.
+
+
+class KeyProvider(Protocol):
+    """Something that yields the keyring the store encrypts with."""
+
+    def keyring(self) -> Keyring: ...
+
+
+class KmsClient(Protocol):
+    """The two calls of a key-management service that envelope encryption needs (Cloud KMS, or a fake)."""
+
+    def encrypt(self, key_name: str, plaintext: bytes) -> bytes: ...
+
+    def decrypt(self, key_name: str, ciphertext: bytes) -> bytes: ...
+
+
+def _keyring_from_master_b64(value: str, source: str) -> Keyring:
+    try:
+        master = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{source} is not valid base64") from None
+    if len(master) < 32:
+        raise ConfigError(f"{source} must decode to at least 32 bytes")
+    return Keyring.from_master(master)
+
+
+@dataclass
+class LocalKeyProvider:
+    """The keyring from CARECAST_DATA_KEY, else from the key file, else a new key file (never in production)."""
+
+    settings: Settings
+    create: bool = True
+
+    def keyring(self) -> Keyring:
+        settings = self.settings
+        if settings.data_key:
+            return _keyring_from_master_b64(settings.data_key, "CARECAST_DATA_KEY")
+        path = settings.key_file
+        if path.exists():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                raise ConfigError(f"key file {path} is readable by others (mode {mode:o}); chmod 600 it")
+            return Keyring.from_json(path.read_text(encoding="utf-8"))
+        if settings.is_production or not self.create:
+            raise KeyMissingError(
+                "no data key: set CARECAST_DATA_KEY or provide CARECAST_KEY_FILE "
+                "(production never creates one)")
+        keyring = Keyring.generate()
+        write_key_file(path, keyring)
+        return keyring
+
+
+@dataclass
+class KmsKeyProvider:
+    """The keyring unwrapped by a KMS key: `wrapped` is the ciphertext of a master key (32+ random bytes) or
+    of a keyring's JSON (`Keyring.to_json`, for several data keys during a rotation)."""
+
+    key_name: str
+    wrapped: bytes = field(repr=False)
+    client: KmsClient = field(repr=False)
+
+    def keyring(self) -> Keyring:
+        try:
+            plaintext = self.client.decrypt(self.key_name, self.wrapped)
+        except ConfigError:
+            raise
+        except Exception as exc:  # the client library's errors: permission, not found, wrong key, network
+            raise ConfigError(f"Cloud KMS could not unwrap the data key with CARECAST_KMS_KEY "
+                              f"({type(exc).__name__})") from None
+        if plaintext[:1] == b"{":
+            try:
+                return Keyring.from_json(plaintext.decode("utf-8"))
+            except (UnicodeDecodeError, ConfigError):
+                pass  # a random master key may start with "{" too
+        if len(plaintext) < 32:
+            raise ConfigError("the KMS-wrapped data key must unwrap to at least 32 bytes")
+        return Keyring.from_master(plaintext)
+
+
+def _wrapped_key(settings: Settings) -> bytes:
+    """The wrapped data key: base64 text from CARECAST_DATA_KEY, else from the key file. Not secret by itself
+    (useless without KMS), so the file's mode is not checked."""
+    if settings.data_key:
+        text, source = settings.data_key, "CARECAST_DATA_KEY"
+    elif settings.key_file.exists():
+        text, source = settings.key_file.read_text(encoding="ascii", errors="replace"), "the key file"
+    else:
+        raise KeyMissingError("CARECAST_KMS_KEY is set but there is no wrapped data key: set CARECAST_DATA_KEY "
+                              "or CARECAST_KEY_FILE to the base64 of the KMS ciphertext")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{source} is not valid base64 (with CARECAST_KMS_KEY it holds the wrapped key)") from None
+
+
+def key_provider(settings: Settings, *, create: bool = True, kms_client: KmsClient | None = None) -> KeyProvider:
+    """Cloud KMS when CARECAST_KMS_KEY is set (the real client only then imported), else the local keys."""
+    if settings.kms_key:
+        wrapped = _wrapped_key(settings)
+        client = kms_client if kms_client is not None else GoogleCloudKms()
+        return KmsKeyProvider(settings.kms_key, wrapped, client)
+    return LocalKeyProvider(settings, create=create)
+
+
+def wrap_data_key(client: KmsClient, key_name: str, plaintext: bytes) -> str:
+    """The base64 ciphertext of a master key (or keyring JSON) under a KMS key: the value to store in
+    CARECAST_DATA_KEY (or the key file) beside CARECAST_KMS_KEY."""
+    return base64.b64encode(client.encrypt(key_name, plaintext)).decode("ascii")
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC32C (Castagnoli), the checksum Cloud KMS uses to detect corruption of requests and answers."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+class GoogleCloudKms:
+    """Cloud KMS through google-cloud-kms (an optional dependency), imported only when this is made.
+
+    Both directions carry CRC32C checksums, as Google recommends: KMS checks what it receives, and an
+    answer whose checksum does not match is refused here."""
+
+    def __init__(self, client: Any = None) -> None:
+        if client is None:
+            try:
+                from google.cloud import kms
+            except ImportError:
+                raise ConfigError("CARECAST_KMS_KEY is set but google-cloud-kms is not installed "
+                                  "(pip install google-cloud-kms)") from None
+            client = kms.KeyManagementServiceClient()
+        self._client = client
+
+    def encrypt(self, key_name: str, plaintext: bytes) -> bytes:
+        response = self._client.encrypt(request={"name": key_name, "plaintext": plaintext,
+                                                 "plaintext_crc32c": crc32c(plaintext)})
+        if not response.verified_plaintext_crc32c or response.ciphertext_crc32c != crc32c(response.ciphertext):
+            raise ConfigError("Cloud KMS encrypt: the request or the answer was corrupted in transit")
+        return bytes(response.ciphertext)
+
+    def decrypt(self, key_name: str, ciphertext: bytes) -> bytes:
+        response = self._client.decrypt(request={"name": key_name, "ciphertext": ciphertext,
+                                                 "ciphertext_crc32c": crc32c(ciphertext)})
+        if response.plaintext_crc32c != crc32c(response.plaintext):
+            raise ConfigError("Cloud KMS decrypt: the answer was corrupted in transit")
+        return bytes(response.plaintext)
