@@ -988,6 +988,77 @@ def population_report(out: Path, csv_path: Path | None, codes: str | None, as_js
         sys.exit(ExitCode.PARTIAL)
 
 
+# -- monitoring --------------------------------------------------------------------------------------------
+
+_MONITORED_TASKS = ["deterioration_24h", "inhospital_mortality", "readmission_30d", "long_stay_7d"]
+
+
+@main.group()
+def monitor() -> None:
+    """Is the model still right? Input drift and performance as outcomes arrive (docs/monitoring.md)."""
+
+
+@monitor.command("drift")
+@click.option("--task", type=click.Choice(_MONITORED_TASKS), required=True)
+@click.option("--since", "since_hours", default=168.0, show_default=True, type=float,
+              help="Hours of recent data, counted back from where the stored data end.")
+@click.option("--model", default="champion", show_default=True, help="Version or alias whose card is the reference.")
+@click.option("--all-features", is_flag=True, help="List every feature, not only those over a threshold.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def monitor_drift(task: str, since_hours: float, model: str, all_features: bool, as_json: bool) -> None:
+    """Per-feature PSI and missing share of recent data against the model card's reference.
+
+    Exits 7 when a feature is over an alert threshold; warnings and too little data exit 0.
+    """
+    from carecast.monitoring.drift import ALERT_EXIT_CODE, check_drift
+
+    store = _open_store()
+    try:
+        report = check_drift(store, _registry(), task, since_hours=since_hours, model=model)
+    finally:
+        store.close()
+    if as_json:
+        _print_json(report.to_dict(all_features=all_features))
+    else:
+        click.echo("\n".join(report.lines(all_features=all_features)))
+    if report.alerted:
+        sys.exit(ALERT_EXIT_CODE)
+
+
+@monitor.command("performance")
+@click.option("--task", type=click.Choice(_MONITORED_TASKS), required=True)
+@click.option("--window-days", type=float, default=None, help="Length of each rolling window (default: thresholds).")
+@click.option("--step-days", type=float, default=None, help="Days between window ends (default: thresholds).")
+@click.option("--bootstrap", default=0, show_default=True, help="Bootstrap resamples for AUROC CIs (0: none).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def monitor_performance(task: str, window_days: float | None, step_days: float | None, bootstrap: int,
+                        as_json: bool) -> None:
+    """Realised AUROC, calibration and PPV of stored predictions per model version, pending labels, subgroups.
+
+    Exits 7 when an alert fires (a subgroup AUROC gap or observed/expected events out of bounds).
+    """
+    from dataclasses import replace
+
+    from carecast.monitoring.drift import ALERT_EXIT_CODE
+    from carecast.monitoring.performance import check_performance, default_thresholds
+
+    th = default_thresholds()
+    th = replace(th, window_days=window_days or th.window_days, step_days=step_days or th.step_days)
+    store = _open_store()
+    try:
+        report = check_performance(store, _registry(), task, thresholds=th, n_boot=bootstrap)
+    finally:
+        store.close()
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        click.echo("\n".join(report.lines()))
+    if report.status == "alert":
+        sys.exit(ALERT_EXIT_CODE)
+
+
 # -- retraining behind the promotion gates -------------------------------------------------------------------
 
 @main.command()
