@@ -18,7 +18,7 @@ from carecast.monitoring.metrics import observe_prediction, observe_score_lag, o
 from carecast.scoring.events import EventBus, RiskEvent
 from carecast.scoring.predictor import Predictor
 from carecast.scoring.queue import Job, ScoreQueue, new_worker_id
-from carecast.scoring.scorer import StoredPrediction, score_patient
+from carecast.scoring.scorer import StoredPrediction, score_patient, score_patients
 from carecast.store import Store
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,18 @@ def process_jobs(store: Store, predictor: Predictor, queue: ScoreQueue, bus: Eve
     for job in jobs:
         by_patient.setdefault(job.patient_id, []).append(job)
     done: list[str] = []
+    try:  # the whole claim in one pass (one read, one feature build, one transaction)
+        batch = score_patients(store, predictor, list(by_patient), shadow_challenger=shadow_challenger)
+    except Exception as exc:  # the batch failed as a whole: each patient alone, so only a bad one fails
+        log.warning("batch scoring failed (%s); scoring patients one by one", type(exc).__name__)
+        batch = {}
     for patient_id, patient_jobs in by_patient.items():
         try:
-            predictions = score_patient(store, predictor, patient_id, shadow_challenger=shadow_challenger)
+            found = batch.get(patient_id)
+            if isinstance(found, Exception):
+                raise found
+            predictions = found if found is not None else score_patient(store, predictor, patient_id,
+                                                                        shadow_challenger=shadow_challenger)
         except Exception as exc:
             reason = describe_error(exc)
             stats.failed += len(patient_jobs)

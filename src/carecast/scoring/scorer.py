@@ -2,7 +2,8 @@
 models -> one `predictions` row per (patient, task, model version, data time), stored once.
 
 `score_frames` is the pure part (no database: it also scores frames built from a CDS Hooks prefetch);
-`score_patient` loads the frames, calls it and stores idempotently; `latest_predictions`, `current_risks` and
+`score_patient` loads the frames, calls it and stores idempotently (`score_patients`: the same for a batch, as
+the scoring worker uses it); `latest_predictions`, `current_risks` and
 `risk_trajectory` read the results back.
 
 The data time of a score is the time of the patient's latest bedside observation (the moments the models
@@ -159,6 +160,78 @@ def score_patient(store: Store, predictor: Predictor, patient_id: int, *, tasks:
     now = datetime.now(UTC)
     with store.engine.begin() as conn:
         return [_store_one(conn, scored, scored.data_time, risk, now) for risk in scored.risks]
+
+
+def score_patients(store: Store, predictor: Predictor, patient_ids: Sequence[int], *,
+                   shadow_challenger: bool = False) -> dict[int, list[StoredPrediction] | Exception]:
+    """`score_patient` for many patients at once, with the same result per patient: one read of their
+    frames, one feature-building pass (a row per patient; each row's features depend only on its own
+    patient's data) and one transaction storing every new risk. This is what the scoring worker does with
+    the jobs it claims: the fixed cost of reading and building features is paid once per batch, not once
+    per patient.
+
+    Each patient's answer is their stored predictions, or the exception that stopped them (NotFoundError
+    for an unknown patient; an unusable feature row...), so one bad patient does not stop the others. An
+    error of the store itself is raised."""
+    ids = list(dict.fromkeys(int(p) for p in patient_ids))
+    out: dict[int, list[StoredPrediction] | Exception] = {}
+    if not ids:
+        return out
+    frames = load_frames(store.engine, store.keyring, patient_ids=ids)
+    known = set(frames.patients["patient_id"].astype(int)) if not frames.patients.empty else set()
+    bedside = _latest_bedside_times(frames)
+    encounters = dict(tuple(frames.encounters.groupby("patient_id", sort=False))) if not frames.encounters.empty \
+        else {}
+    moments: list[tuple[int, int, str | None, datetime]] = []
+    for pid in ids:
+        if pid not in known:
+            out[pid] = NotFoundError("unknown patient")
+            continue
+        t = bedside.get(pid)
+        enc = current_encounter(encounters[pid], pid, t) if pid in encounters else None
+        if enc is None:
+            out[pid] = []
+            continue
+        if t is None:
+            t = _utc(enc["admitted_at"])
+        if t is None:
+            out[pid] = []
+            continue
+        moments.append((pid, int(enc["encounter_id"]), enc["unit"] if isinstance(enc["unit"], str) else None, t))
+    if not moments:
+        return out
+    query = pd.DataFrame({"patient_id": [m[0] for m in moments], "encounter_id": [m[1] for m in moments],
+                          "t": [pd.Timestamp(m[3]) for m in moments]})
+    X = build_features(frames, query)
+    wanted = [task for task in predictor.tasks if predictor.has(task)]
+    scored: list[tuple[FrameScore, datetime]] = []
+    for (pid, encounter_id, unit, t), (_, features) in zip(moments, X.iterrows(), strict=True):
+        row = {str(k): v for k, v in features.items()}
+        try:
+            risks = [predictor.predict(task, row) for task in wanted]
+            if shadow_challenger:
+                risks += [predictor.predict(task, row, alias="challenger") for task in wanted
+                          if predictor.has(task, "challenger")]
+        except Exception as exc:  # this patient's row cannot be scored; the others go on
+            out[pid] = exc
+            continue
+        scored.append((FrameScore(patient_id=pid, encounter_id=encounter_id, unit=unit, data_time=t,
+                                  news2=_news2(row), risks=risks), t))
+    now = datetime.now(UTC)
+    with store.engine.begin() as conn:
+        for fs, t in scored:
+            out[fs.patient_id] = [_store_one(conn, fs, t, risk, now) for risk in fs.risks]
+    return out
+
+
+def _latest_bedside_times(frames: ClinicalFrames) -> dict[int, datetime]:
+    """Each patient's latest bedside observation time (what `latest_bedside_time` gives, for all at once)."""
+    obs = frames.observations
+    if obs.empty:
+        return {}
+    bedside = obs.loc[obs["source"].isin(BEDSIDE_SOURCES), ["patient_id", "effective_at"]]
+    latest = bedside.groupby("patient_id", sort=False)["effective_at"].max()
+    return {int(pid): when for pid, value in latest.items() if (when := _utc(value)) is not None}
 
 
 def _insert_ignoring_duplicates(conn: Connection, values: dict[str, Any]) -> int | None:

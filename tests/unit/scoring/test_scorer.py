@@ -13,7 +13,13 @@ from sqlalchemy import func, select
 from carecast.errors import NotFoundError
 from carecast.features.builder import BEDSIDE_SOURCES, build_features
 from carecast.scoring.predictor import Predictor
-from carecast.scoring.scorer import current_risks, latest_predictions, risk_trajectory, score_patient
+from carecast.scoring.scorer import (
+    current_risks,
+    latest_predictions,
+    risk_trajectory,
+    score_patient,
+    score_patients,
+)
 from carecast.store import Store
 from carecast.store import schema as S
 from carecast.store.frames import load_frames
@@ -129,3 +135,22 @@ def test_one_patient_alone_gets_the_features_of_the_whole_hospital(hospital: Sto
     assert [p.risk for p in stored] == pytest.approx(list(expected), abs=1e-6)
     without_reports = set(queries["patient_id"]) - set(everyone.reports["patient_id"])
     assert without_reports  # the case that needs care is covered
+
+
+def test_a_batch_scores_each_patient_as_scoring_it_alone_would(hospital: Store, predictor: Predictor) -> None:
+    pids = patient_ids(hospital)
+    batch = score_patients(hospital, predictor, [*pids, 987654], shadow_challenger=True)
+    assert isinstance(batch[987654], NotFoundError)
+    stored = {pid: found for pid, found in batch.items() if pid != 987654}
+    assert all(isinstance(found, list) for found in stored.values())
+    assert sum(len(found) for found in stored.values()) == _count(hospital)  # type: ignore[arg-type]
+    for pid in pids:
+        alone = score_patient(hospital, predictor, pid, shadow_challenger=True)
+        together = stored[pid]
+        assert isinstance(together, list)
+        # the same rows: nothing new stored by the single-patient call, same risk, time, model and factors
+        assert not any(p.created for p in alone)
+        assert [(p.id, p.task, p.model_version, p.shadow, p.data_time, p.risk, p.news2, p.factors) for p in alone] \
+            == [(p.id, p.task, p.model_version, p.shadow, p.data_time, p.risk, p.news2, p.factors) for p in together]
+    again = score_patients(hospital, predictor, pids)
+    assert not any(p.created for found in again.values() for p in found)  # type: ignore[union-attr]

@@ -107,20 +107,29 @@ def test_a_job_retried_after_a_crash_is_published_even_if_already_stored(
     assert sub.get(1) is not None
 
 
+@pytest.mark.parametrize("failure", ["in the batch", "batch down, one by one"])
 def test_a_failing_patient_is_recorded_without_its_data_and_the_rest_go_on(
         store: Store, predictor: Predictor, tmp_path_factory: pytest.TempPathFactory,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
     ingest(store, small_hospital(tmp_path_factory))
     pids = patient_ids(store)
     bad = pids[1]
-    real = W.score_patient
+    secret = ValueError("lactate 9.7 for MRN-7731-QX")  # the kind of message that must not be kept
+    real_one, real_batch = W.score_patient, W.score_patients
 
     def flaky(store_: Store, predictor_: Predictor, patient_id: int, **kw: object) -> object:
         if patient_id == bad:
-            raise ValueError("lactate 9.7 for MRN-7731-QX")  # the kind of message that must not be kept
-        return real(store_, predictor_, patient_id, **kw)  # type: ignore[arg-type]
+            raise secret
+        return real_one(store_, predictor_, patient_id, **kw)  # type: ignore[arg-type]
+
+    def batch(store_: Store, predictor_: Predictor, ids: list[int], **kw: object) -> object:
+        if failure != "in the batch":
+            raise ConnectionError("the batch's transaction failed")
+        found = real_batch(store_, predictor_, [i for i in ids if i != bad], **kw)  # type: ignore[arg-type]
+        return {**found, **({bad: secret} if bad in ids else {})}
 
     monkeypatch.setattr(W, "score_patient", flaky)
+    monkeypatch.setattr(W, "score_patients", batch)
     queue = DatabaseQueue(store.engine, max_attempts=1)
     queue.enqueue(pids, None)
     stats = W.run_worker(store, predictor, queue, None, worker_id="w1", stop=threading.Event(), exit_when_idle=True)
