@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,9 +47,30 @@ class AuditCheck:
     first_bad_id: int | None
 
 
+class _Pending:
+    """A row handed to the group-commit writer, and the answer its request waits for."""
+
+    __slots__ = ("done", "error", "row")
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 class AuditLog:
-    def __init__(self, engine: Engine) -> None:
+    """The audit trail of one process. With `group_commit` (what the API uses), the rows of concurrent
+    requests are appended together: each `record` still returns only once its own row is committed (or
+    raises what stopped it), but requests that arrive while a commit is running share the next one, so
+    one head read and one transaction serve several rows. Without it, each `record` is its own transaction.
+    """
+
+    def __init__(self, engine: Engine, *, group_commit: bool = False) -> None:
         self.engine = engine
+        self.group_commit = group_commit
+        self._waiting: list[_Pending] = []
+        self._wake = threading.Condition()
+        self._writer: threading.Thread | None = None
 
     def record(self, *, action: str, outcome: str, principal: Principal | None = None, patient_uid: str | None = None,
                source_ip: str | None = None, request_id: str | None = None, detail: str | None = None,
@@ -63,6 +85,37 @@ class AuditLog:
             "source_ip": (source_ip or "")[:64] or None, "request_id": (request_id or "")[:64] or None,
             "detail": (detail or "")[:255] or None,
         }
+        if not self.group_commit:
+            self._append([row])
+            return
+        pending = _Pending(row)
+        with self._wake:
+            self._waiting.append(pending)
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_forever, name="carecast-audit", daemon=True)
+                self._writer.start()
+            self._wake.notify()
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    def _write_forever(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting:
+                    self._wake.wait()
+                batch, self._waiting = self._waiting, []
+            error: BaseException | None = None
+            try:
+                self._append([p.row for p in batch])
+            except BaseException as exc:  # handed to each waiting request (a database outage is a 503 there)
+                error = exc
+            for p in batch:
+                p.error = error
+                p.done.set()
+
+    def _append(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows in order, chained onto the current head, in one transaction."""
         for attempt in range(100):
             try:
                 with self.engine.begin() as conn:
@@ -70,7 +123,12 @@ class AuditLog:
                         # serialise appenders across processes and hosts for the length of this transaction
                         conn.execute(_ADVISORY_LOCK, {"k": _LOCK_KEY})
                     prev = conn.execute(_HEAD).scalar() or GENESIS
-                    conn.execute(_APPEND, {**row, "prev_hash": prev, "hash": _digest(prev, row)})
+                    chained = []
+                    for row in rows:
+                        digest = _digest(prev, row)
+                        chained.append({**row, "prev_hash": prev, "hash": digest})
+                        prev = digest
+                    conn.execute(_APPEND, chained)
                 return
             except IntegrityError:
                 # another writer appended first (SQLite): chain onto the new head after a short pause

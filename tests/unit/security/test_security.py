@@ -122,14 +122,17 @@ def test_audit_deleting_a_row_breaks_the_chain(store: Store) -> None:
     assert log.verify().first_bad_id == 3
 
 
-def test_concurrent_writers_keep_one_linear_chain(store: Store) -> None:
-    log = AuditLog(store.engine)
+@pytest.mark.parametrize("group_commit", [False, True], ids=["one-per-transaction", "group-commit"])
+def test_concurrent_writers_keep_one_linear_chain(store: Store, group_commit: bool) -> None:
+    log = AuditLog(store.engine, group_commit=group_commit)
+    other = AuditLog(store.engine, group_commit=group_commit)  # another process's log, appending meanwhile
     errors: list[BaseException] = []
 
     def write(n: int) -> None:
         try:
             for i in range(15):
-                log.record(action="prediction:read", outcome="success", username=f"w{n}", request_id=str(i))
+                (log if n % 2 else other).record(action="prediction:read", outcome="success", username=f"w{n}",
+                                                 request_id=str(i))
         except BaseException as exc:  # collected for the assertion below
             errors.append(exc)
 
@@ -141,6 +144,25 @@ def test_concurrent_writers_keep_one_linear_chain(store: Store) -> None:
     assert not errors
     check = log.verify()
     assert check.ok and check.rows == 60
+    rows = log.rows(limit=100)
+    assert sorted((r["username"], r["request_id"]) for r in rows) == sorted(
+        (f"w{n}", str(i)) for n in range(4) for i in range(15))  # each exactly once
+
+
+def test_group_commit_hands_a_failed_commit_to_the_request(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = AuditLog(store.engine, group_commit=True)
+    log.record(action="patient:read", outcome="success", username="before")
+
+    def down(rows: list[dict[str, object]]) -> None:
+        raise ConnectionError("database unavailable")
+
+    monkeypatch.setattr(log, "_append", down)
+    with pytest.raises(ConnectionError):
+        log.record(action="patient:read", outcome="success", username="during")
+    monkeypatch.undo()
+    log.record(action="patient:read", outcome="success", username="after")  # the writer goes on
+    assert [r["username"] for r in log.rows(limit=10)] == ["after", "before"]
+    assert log.verify().ok
 
 
 def test_token_cache_revocation_and_fresh_checks(store: Store) -> None:
