@@ -8,6 +8,12 @@ SECRET_IDENTIFIERS = {
     "family": "Zyxwvutson", "given": "Quillamena", "mrn": "MRN-7731-QX", "ssn": "987-65-4329",
     "birth": "1948-02-29", "line": "4412 Zanzibar Crescent", "city": "Quixotic Falls", "postal": "90412",
     "phone": "555-0147-882", "email": "quillamena.z@example.test", "device": "SER-ZX-99182",
+    # The rest of the 18 Safe Harbor kinds (for the de-identified export's proof, figure 12).
+    "fax": "555-0193-447", "url": "https://quillamena-zyx.example.test/home", "ip": "203.0.113.77",
+    "account": "ACCT-55120-QZ", "plan": "HPB-88213-ZQ", "licence": "DL-Z9913-OH", "certificate": "CERT-40417-QX",
+    "vehicle": "1QZX7WVT3K0419923", "biometric": "BIO-FP-77410-Z", "photo": "UXVpbGxhbWVuYVBob3Rv",
+    "unique": "UNQ-31337-ZX", "accession": "ACC-66104-ZQ", "study_uid": "1.2.826.0.1.3680043.99.77123",
+    "series_uid": "1.2.826.0.1.3680043.99.77124",
 }
 
 

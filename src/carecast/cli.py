@@ -108,6 +108,47 @@ def keys_generate() -> None:
     click.echo(new_master_key())
 
 
+@keys.command("rotate")
+@click.option("--backup", "backup_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where the backup taken first goes (default: $CARECAST_DATA_DIR/backups/pre-rotation-TIME.tar).")
+@click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File holding the passphrase that seals the keyring in the backup (else prompted for).")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100_000),
+              help="Values re-encrypted per transaction.")
+@handle_errors
+def keys_rotate(backup_path: Path | None, passphrase_file: Path | None, batch_size: int) -> None:
+    """New data key, every encrypted value re-encrypted, the old key retired (stop other CareCast processes first).
+
+    A backup is taken first. An interrupted rotation resumes when the command is run again.
+    """
+    from datetime import UTC, datetime
+
+    from carecast.security.keyrotation import check_rotatable, rotate_keys
+
+    settings = _settings()
+    check_rotatable(settings)
+    store = _open_store()
+    try:
+        resuming = bool(store.keyring.retiring)
+        passphrase = None
+        if not resuming and not settings.kms_key:
+            passphrase = _backup_passphrase(passphrase_file, confirm=True)
+        if backup_path is None and not resuming:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            backup_path = settings.data_dir / "backups" / f"pre-rotation-{stamp}.tar"
+        report = rotate_keys(settings, store, backup_path=backup_path, passphrase=passphrase, batch=batch_size,
+                             progress=lambda msg: click.echo(msg, err=True))
+    finally:
+        store.close()
+    _print_json(report.to_dict())
+
+
+def _backup_passphrase(passphrase_file: Path | None, *, confirm: bool) -> str:
+    if passphrase_file is not None:
+        return passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
+    return str(click.prompt("Backup passphrase (seals the keyring)", hide_input=True, confirmation_prompt=confirm))
+
+
 # -- ingestion ---------------------------------------------------------------------------------------------
 
 def _open_store() -> Any:
@@ -1146,6 +1187,94 @@ def _shadow_report(task: str, since_hours: float | None, bootstrap: int, seed: i
     finally:
         store.close()
     _print_json(found.to_dict())
+
+
+# -- de-identified export, backups ----------------------------------------------------------------------------
+
+@main.command("export")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--deidentify", is_flag=True, help="Required: the only export is a HIPAA Safe Harbor one.")
+@click.option("--dates", type=click.Choice(["year", "shift"]), default="year", show_default=True,
+              help="Keep only the year of each date, or shift each patient's dates by a random number of days.")
+@click.option("--max-shift-days", default=365, show_default=True, type=click.IntRange(1, 3650),
+              help="--dates shift: the largest shift, in days either way.")
+@handle_errors
+def export_cmd(out_dir: Path, deidentify: bool, dates: str, max_shift_days: int) -> None:
+    """Write a de-identified training export (CSV per table and manifest.json) into OUT_DIR (new or empty)."""
+    from carecast.security.deid import export_deidentified
+
+    if not deidentify:
+        raise click.UsageError("only de-identified exports exist: add --deidentify")
+    store = _open_store()
+    try:
+        result = export_deidentified(store.engine, store.keyring, out_dir, dates=dates, max_shift_days=max_shift_days)
+    finally:
+        store.close()
+    for name, info in result.manifest["tables"].items():
+        click.echo(f"{name}: {info['rows']} rows")
+    click.echo(f"de-identified export written to {out_dir} (dates: {dates}); see manifest.json")
+
+
+@main.group()
+def backup() -> None:
+    """Backups of the database, the model registry and the keyring, and their restore."""
+
+
+@backup.command("create")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File holding the passphrase that seals the keyring (else prompted for).")
+@click.option("--without-keyring", is_flag=True, help="Leave the keyring out (keep it safe elsewhere).")
+@handle_errors
+def backup_create(out: Path, passphrase_file: Path | None, without_keyring: bool) -> None:
+    """Write a backup file OUT (mode 0600): database, model registry, sealed keyring, manifest."""
+    from carecast.store.backup import create_backup, describe
+
+    settings = _settings()
+    passphrase = None
+    if not without_keyring and settings.key_file.exists() and not settings.data_key and not settings.kms_key:
+        passphrase = _backup_passphrase(passphrase_file, confirm=True)
+    store = _open_store()
+    try:
+        info = create_backup(settings, store.engine, out, passphrase=passphrase, include_keyring=not without_keyring)
+    finally:
+        store.close()
+    click.echo(describe(info.manifest))
+    click.echo(f"backup written to {info.path}")
+
+
+@backup.command("restore")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File holding the passphrase of the sealed keyring (else prompted for).")
+@click.option("--skip-keyring", is_flag=True, help="Keep the current key file.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def backup_restore(file: Path, passphrase_file: Path | None, skip_keyring: bool, yes: bool) -> None:
+    """Replace the database, model registry and key file with FILE's, then check every table's hash.
+
+    Stop every other CareCast process first.
+    """
+    from carecast.store import Store
+    from carecast.store.backup import describe, read_manifest, restore_backup
+    from carecast.store.db import make_engine
+
+    settings = _settings()
+    manifest = read_manifest(file)
+    click.echo(describe(manifest))
+    if not yes:
+        click.confirm("Replace the current database with this backup?", abort=True)
+    passphrase = None
+    if not skip_keyring and "sealed" in str(manifest.get("keyring")):
+        passphrase = _backup_passphrase(passphrase_file, confirm=False)
+    engine = make_engine(settings.database_url)  # not Store.open: the key may be the one being restored
+    try:
+        result = restore_backup(settings, engine, file, passphrase=passphrase, restore_keyring=not skip_keyring)
+    finally:
+        engine.dispose()
+    Store.open(settings, migrate=False).close()  # the restored key must open the restored store
+    click.echo(f"restored {len(result.tables)} tables, {sum(t['rows'] for t in result.tables.values())} rows, "
+               f"hashes equal to the backup's; models: {result.models}; keyring: {result.keyring}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,11 +49,16 @@ class Keyring:
     active_id: str
     data_keys: dict[str, bytes]
     index_key: bytes = field(repr=False)
+    # Key id -> when it was retired (ISO 8601). A retired key never encrypts; its material stays only until
+    # `carecast keys rotate` has re-encrypted every value it made, then only this record of it remains.
+    retired: dict[str, str] = field(default_factory=dict)
     _aead: dict[str, AESGCM] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.active_id not in self.data_keys:
             raise ConfigError("the keyring's active key is not among its keys")
+        if self.active_id in self.retired:
+            raise ConfigError("the keyring's active key is marked retired")
         for kid, key in self.data_keys.items():
             if len(key) != 32:
                 raise ConfigError(f"data key {kid} is not 32 bytes")
@@ -85,7 +90,8 @@ class Keyring:
         kid = token[2 : 2 + n].decode("ascii", errors="replace")
         aead = self._aead.get(kid)
         if aead is None:
-            raise DecryptionError(f"ciphertext was made with key {kid}, which is not in the keyring")
+            state = "was retired" if kid in self.retired else "is not in the keyring"
+            raise DecryptionError(f"ciphertext was made with key {kid}, which {state}")
         nonce = token[2 + n : 2 + n + _NONCE]
         try:
             return aead.decrypt(nonce, token[2 + n + _NONCE :], context.encode()).decode("utf-8")
@@ -95,6 +101,26 @@ class Keyring:
     @staticmethod
     def key_id_of(token: bytes) -> str:
         return token[2 : 2 + token[1]].decode("ascii", errors="replace")
+
+    # -- rotation -----------------------------------------------------------------------------------
+    def rotated(self, retired_at: str) -> Keyring:
+        """A keyring with a new random data key active and the current one retired (still able to decrypt).
+        The blind-index key is kept: natural keys are stored only as its hashes, so they cannot be recomputed."""
+        key = AESGCM.generate_key(bit_length=256)
+        kid = key_id_for(key)
+        return Keyring(active_id=kid, data_keys={**self.data_keys, kid: key}, index_key=self.index_key,
+                       retired={**self.retired, self.active_id: retired_at})
+
+    @property
+    def retiring(self) -> list[str]:
+        """Retired keys whose material is still here: a rotation has not finished re-encrypting."""
+        return sorted(k for k in self.retired if k in self.data_keys)
+
+    def without_retired_material(self) -> Keyring:
+        """The same keyring with the material of retired keys dropped (their ids stay, marked retired)."""
+        return Keyring(active_id=self.active_id,
+                       data_keys={k: v for k, v in self.data_keys.items() if k not in self.retired},
+                       index_key=self.index_key, retired=dict(self.retired))
 
     # -- keyed hashes -----------------------------------------------------------------------------
     def blind_index(self, value: str, context: str) -> str:
@@ -115,6 +141,7 @@ class Keyring:
             "active": self.active_id,
             "data_keys": {k: base64.b64encode(v).decode() for k, v in self.data_keys.items()},
             "index_key": base64.b64encode(self.index_key).decode(),
+            **({"retired": dict(sorted(self.retired.items()))} if self.retired else {}),
         }, indent=2)
 
     @classmethod
@@ -123,8 +150,9 @@ class Keyring:
             doc = json.loads(text)
             return cls(active_id=doc["active"],
                        data_keys={k: base64.b64decode(v) for k, v in doc["data_keys"].items()},
-                       index_key=base64.b64decode(doc["index_key"]))
-        except (KeyError, ValueError, TypeError, binascii.Error):
+                       index_key=base64.b64decode(doc["index_key"]),
+                       retired={str(k): str(v) for k, v in doc.get("retired", {}).items()})
+        except (KeyError, ValueError, TypeError, AttributeError, binascii.Error):
             raise ConfigError("the key file is not a valid CareCast keyring") from None
 
 
