@@ -530,6 +530,7 @@ def live(speed: float, days: float, resume: bool) -> None:
     import signal
     import threading
 
+    from carecast.jobs.drift import drift_scheduler_from_settings
     from carecast.jobs.live import HISTORY, live_config, resume_point, stream_hospital
     from carecast.jobs.retrain import RetrainScheduler, scheduler_from_settings
     from carecast.scoring.queue import make_queue
@@ -544,6 +545,7 @@ def live(speed: float, days: float, resume: bool) -> None:
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
     scheduler: RetrainScheduler | None = None
+    drift: RetrainScheduler | None = None
     try:
         start_at, skip_before = config.start, None
         if resume:
@@ -556,11 +558,16 @@ def live(speed: float, days: float, resume: bool) -> None:
         scheduler = scheduler_from_settings(settings)  # retraining behind the gates (CARECAST_RETRAIN_INTERVAL_HOURS)
         if scheduler is not None:
             scheduler.start()
+        drift = drift_scheduler_from_settings(settings)  # drift checks, alerts counted (CARECAST_DRIFT_INTERVAL_HOURS)
+        if drift is not None:
+            drift.start()
         stats = stream_hospital(store, config, speed=speed, start_at=start_at, stop=stop, skip_before=skip_before,
                                 queue=make_queue(settings, engine=store.engine), on_written=report)
     finally:
         if scheduler is not None:
             scheduler.stop()
+        if drift is not None:
+            drift.stop()
         store.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -126,6 +126,25 @@ CARECAST_SESSION_IDLE_MINUTES = EnvVar("CARECAST_SESSION_IDLE_MINUTES", _positiv
                                        "(a warning shows before).")
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    """A comma-separated list of exact origins (scheme://host[:port]); "*" and paths are refused (strict CORS)."""
+    found: list[str] = []
+    for item in raw.split(","):
+        origin = item.strip().rstrip("/").lower()
+        if not origin:
+            continue
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("https", "http") or not sep or not rest or any(c in rest for c in "/?#*@ "):
+            raise ValueError("expected origins such as https://ehr.example.org, separated by commas")
+        found.append(origin)
+    return tuple(dict.fromkeys(found))
+
+
+CARECAST_CORS_ORIGINS: EnvVar[tuple[str, ...]] = EnvVar("CARECAST_CORS_ORIGINS", _origins, (),
+                               "Browser origins (https://host[:port], comma-separated) allowed to call the API and "
+                               "CDS Hooks from their pages (CORS). Default: none; the web UI is same-origin only.")
+
+
 def _hours(raw: str) -> float:
     value = float(raw)
     if not 0 <= value < float("inf"):
@@ -137,13 +156,18 @@ CARECAST_RETRAIN_INTERVAL_HOURS = EnvVar("CARECAST_RETRAIN_INTERVAL_HOURS", _hou
                                          "Hours between in-process retraining runs (`carecast retrain` behind the "
                                          "promotion gates) of the embedded default; 0 turns them off. Default: 24, "
                                          "and 0 when CARECAST_ENV=test.")
+CARECAST_DRIFT_INTERVAL_HOURS = EnvVar("CARECAST_DRIFT_INTERVAL_HOURS", _hours, None,
+                                       "Hours between in-process drift checks of the champions (`carecast monitor "
+                                       "drift`, beside the retraining schedule in `carecast live`); an alert is "
+                                       "logged and counted in carecast_drift_alerts. 0 turns them off. Default: 6, "
+                                       "and 0 when CARECAST_ENV=test.")
 
 ALL_VARIABLES: tuple[EnvVar[Any], ...] = (
     CARECAST_ENV, CARECAST_DATA_DIR, CARECAST_DATABASE_URL, CARECAST_DATA_KEY,
     CARECAST_KEY_FILE, CARECAST_KMS_KEY,
     CARECAST_LOG_LEVEL, CARECAST_INGEST_CHUNK, CARECAST_MODEL_REGISTRY, CARECAST_QUEUE_URL,
-    CARECAST_EVENTS_URL, CARECAST_RATE_LIMIT, CARECAST_SECRET_KEY, CARECAST_SESSION_IDLE_MINUTES,
-    CARECAST_RETRAIN_INTERVAL_HOURS,
+    CARECAST_EVENTS_URL, CARECAST_RATE_LIMIT, CARECAST_SECRET_KEY, CARECAST_SESSION_IDLE_MINUTES, CARECAST_CORS_ORIGINS,
+    CARECAST_RETRAIN_INTERVAL_HOURS, CARECAST_DRIFT_INTERVAL_HOURS,
 )
 
 
@@ -164,8 +188,10 @@ class Settings:
     events_url: str | None = None
     rate_limit: int = 1200
     retrain_interval_hours: float = 0.0
+    drift_interval_hours: float = 0.0
     secret_key: str | None = field(default=None, repr=False)
     session_idle_minutes: float = 15.0
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -187,8 +213,10 @@ class Settings:
             events_url=CARECAST_EVENTS_URL.read(env),
             rate_limit=CARECAST_RATE_LIMIT.read(env),  # type: ignore[arg-type]
             retrain_interval_hours=_retrain_interval(CARECAST_RETRAIN_INTERVAL_HOURS.read(env), env),
+            drift_interval_hours=_interval(CARECAST_DRIFT_INTERVAL_HOURS.read(env), env, DRIFT_INTERVAL_DEFAULT),
             secret_key=CARECAST_SECRET_KEY.read(env),
             session_idle_minutes=CARECAST_SESSION_IDLE_MINUTES.read(env),  # type: ignore[arg-type]
+            cors_origins=CARECAST_CORS_ORIGINS.read(env),  # type: ignore[arg-type]
         )
 
     @property
@@ -201,6 +229,16 @@ def _retrain_interval(explicit: float | None, environ: Mapping[str, str]) -> flo
     if explicit is not None:
         return explicit
     return 0.0 if CARECAST_ENV.read(environ) == "test" else 24.0
+
+
+DRIFT_INTERVAL_DEFAULT = 6.0
+
+
+def _interval(explicit: float | None, environ: Mapping[str, str], default: float) -> float:
+    """A schedule's interval in hours: the variable when set, else `default`, except under CARECAST_ENV=test (off)."""
+    if explicit is not None:
+        return explicit
+    return 0.0 if CARECAST_ENV.read(environ) == "test" else default
 
 
 def describe() -> list[tuple[str, str, str]]:

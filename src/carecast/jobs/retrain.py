@@ -190,10 +190,11 @@ class RetrainScheduler:
     """
 
     def __init__(self, job: Callable[[], object], interval_s: float, *, first_after_s: float | None = None,
-                 name: str = "carecast-retrain") -> None:
+                 name: str = "carecast-retrain", what: str = "retraining") -> None:
         if not interval_s > 0:
             raise ValueError("interval_s must be positive")
         self.job = job
+        self.what = what  # named in the log line of a failed run (the drift checks reuse this loop)
         self.interval_s = float(interval_s)
         self.first_after_s = self.interval_s if first_after_s is None else max(0.0, float(first_after_s))
         self.runs = 0
@@ -217,7 +218,7 @@ class RetrainScheduler:
             except Exception as exc:  # the schedule survives a bad run; the next one may succeed
                 self.failures += 1
                 self.last_error = exc.public_message if isinstance(exc, CareCastError) else type(exc).__name__
-                log.error("scheduled retraining failed (%s)", self.last_error)
+                log.error("scheduled %s failed (%s)", self.what, self.last_error)
             self.runs += 1
             wait = max(0.0, self.interval_s - (time.monotonic() - started))
 

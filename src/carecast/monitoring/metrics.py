@@ -53,6 +53,8 @@ SCORE_LAG = Histogram("carecast_ingest_to_score_seconds", "From a scoring job be
 SCORING_FAILURES = Counter("carecast_scoring_failures", "Scoring jobs that failed (they are retried)")
 FEEDBACK = Counter("carecast_feedback", "Clinician feedback on alerts and cards, by channel (cds, ui) and outcome "
                    "(accepted, overridden, acknowledged, dismissed)", ["channel", "outcome"])
+DRIFT_ALERTS = Counter("carecast_drift_alerts", "Scheduled drift checks whose verdict was alert (a feature's PSI or "
+                       "missing share over its alert threshold), by task and model version", ["task", "model_version"])
 
 
 # -- recording -------------------------------------------------------------------------------------------------
@@ -86,6 +88,10 @@ def observe_scoring_failure(n: int = 1) -> None:
 
 def observe_feedback(channel: str, outcome: str) -> None:
     FEEDBACK.labels(channel, outcome).inc()
+
+
+def observe_drift_alert(task: str, model_version: str | None) -> None:
+    DRIFT_ALERTS.labels(task, model_version or "unknown").inc()
 
 
 # -- exposition --------------------------------------------------------------------------------------------------

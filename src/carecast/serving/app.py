@@ -33,6 +33,7 @@ from carecast.serving.auth import check_declared
 from carecast.serving.cds_hooks import bp as cds_hooks
 from carecast.serving.context import EXTENSION, BusLike, PredictorLike, QueueLike, Services
 from carecast.serving.context import init_app as init_context
+from carecast.serving.headers import init_app as init_headers
 from carecast.serving.observability import init_app as init_observability
 from carecast.serving.ratelimit import Limiter, RedisLimiter, TokenBucketLimiter
 from carecast.serving.stream import bp as stream_bp
@@ -130,6 +131,7 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Regi
     services = Services(settings=settings, store=store, registry=registry, predictor=predictor, queue=queue, bus=bus,
                         audit=AuditLog(store.engine, group_commit=True), limiter=_limiter(settings))
     init_context(app, services)
+    init_headers(app, settings)  # CSP, HSTS, no-store, strict CORS on every response (its last hook)
     init_observability(app)  # timing, metrics and the access log of every request; /metrics
     errors.init_app(app)
     app.register_blueprint(health.bp)

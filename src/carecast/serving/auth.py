@@ -13,14 +13,14 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 
 from carecast.errors import ConfigError
 from carecast.security.permissions import Permission, Principal
 from carecast.security.tokens import resolve_token
 from carecast.serving.context import principal, request_id, services, source_ip
 from carecast.serving.errors import Forbidden, TooManyRequests, Unauthorized
-from carecast.serving.ratelimit import retry_after_header
+from carecast.serving.ratelimit import Limiter, retry_after_header, sign_in_failure_limiter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,6 +28,7 @@ PERMISSION_ATTR = "_carecast_permission"
 PUBLIC_ATTR = "_carecast_public"
 AUTHENTICATED_BY_ATTR = "_carecast_authenticated_by"
 MAX_TOKEN_LENGTH = 200
+SIGN_IN_LIMITER = "carecast.sign_in_failures"
 
 
 class Action:
@@ -79,6 +80,33 @@ def throttle(key: str) -> None:
     if limiter is None:
         return
     wait = limiter.hit(key)
+    if wait > 0:
+        raise TooManyRequests(retry_after_header(wait))
+
+
+def _sign_in_limiter() -> Limiter:
+    found: Limiter | None = current_app.extensions.get(SIGN_IN_LIMITER)
+    if found is None:
+        made = sign_in_failure_limiter(services().settings.queue_url)
+        found = current_app.extensions.setdefault(SIGN_IN_LIMITER, made)
+    return found
+
+
+def check_sign_in_allowed() -> None:
+    """Before a password is checked: 429 (audited) if this address has failed too often lately, so a throttled
+    guesser learns nothing, not even a right guess."""
+    limiter = _sign_in_limiter()
+    peek = getattr(limiter, "peek", None)
+    wait = peek(f"sign-in:{request.remote_addr}") if callable(peek) else 0.0
+    if wait > 0:
+        audit(Action.AUTH_FAILED, "denied", detail="sign-in throttled")
+        raise TooManyRequests(retry_after_header(wait))
+
+
+def count_failed_sign_in() -> None:
+    """After a refused password: count it against the address (429 once over the budget)."""
+    throttle(f"fail:{request.remote_addr}")
+    wait = _sign_in_limiter().hit(f"sign-in:{request.remote_addr}")
     if wait > 0:
         raise TooManyRequests(retry_after_header(wait))
 

@@ -39,7 +39,7 @@ from carecast.models.tasks import TASKS
 from carecast.monitoring.metrics import observe_feedback, observe_prediction
 from carecast.scoring.scorer import latest_bedside_time, latest_predictions, score_frames
 from carecast.security.cds_jwt import CdsAuthError, VerifiedToken, verify_token
-from carecast.serving.auth import Action, authenticated_by, public
+from carecast.serving.auth import Action, authenticated_by, public, throttle
 from carecast.serving.context import request_id, services, source_ip
 from carecast.serving.errors import ApiError, BadRequest, FieldError, NotFound, ServiceUnavailable, Unauthorized
 from carecast.serving.openapi import Body, Operations, raw_body, validate
@@ -194,6 +194,7 @@ def cds_jwt_required(view: F) -> F:
         token = _bearer()
         if token is None:
             _audit(Action.AUTH_FAILED, "denied", client_id=None, detail="cds-jwt: no bearer token")
+            throttle(f"fail:{request.remote_addr}")  # failures count against the address, as for the API
             raise Unauthorized()
         service_path = f"/cds-services/{service.id}"
         paths = [service_path] if request.path == service_path else [request.path, service_path]
@@ -201,7 +202,9 @@ def cds_jwt_required(view: F) -> F:
             g.cds_client = verify_token(services().store.engine, token, paths=paths, request_base=request.root_url)
         except CdsAuthError as exc:
             _audit(Action.AUTH_FAILED, "denied", client_id=exc.client_id, detail=f"cds-jwt: {exc.public_message}")
+            throttle(f"fail:{request.remote_addr}")
             raise Unauthorized() from None
+        throttle(f"cds-client:{g.cds_client.client_id}")  # each EHR client has the per-user rate of the API
         return view(service_id, **kwargs)
 
     return authenticated_by(AUTH_SCHEME)(cast(F, guarded))

@@ -13,6 +13,9 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 MAX_KEYS = 10_000
+# Failed password sign-ins per source address per minute (bursts of as many): guessing passwords is throttled
+# long before the general rate, and accounts also lock after 5 failures (carecast.security.users).
+SIGN_IN_FAILURES_PER_MINUTE = 10
 
 
 class Limiter(Protocol):
@@ -32,6 +35,14 @@ class TokenBucketLimiter:
         self.clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def peek(self, key: str) -> float:
+        """Like `hit`, without spending a token."""
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     def hit(self, key: str) -> float:
         now = self.clock()
@@ -69,6 +80,21 @@ class RedisLimiter:
         if int(count) <= self.per_minute:
             return 0.0
         return float(60 - (time.time() % 60))
+
+    def peek(self, key: str) -> float:
+        """Like `hit`, without counting a request."""
+        window = int(time.time() // 60)
+        count = self.client.get(f"{self.prefix}{key}:{window}")
+        if count is None or int(count) < self.per_minute:
+            return 0.0
+        return float(60 - (time.time() % 60))
+
+
+def sign_in_failure_limiter(redis_url: str | None) -> TokenBucketLimiter | RedisLimiter:
+    """The budget of failed password sign-ins per address: shared through Redis when there is one."""
+    if redis_url and redis_url.startswith(("redis://", "rediss://")):
+        return RedisLimiter(redis_url, SIGN_IN_FAILURES_PER_MINUTE, prefix="carecast:sign-in-failures:")
+    return TokenBucketLimiter(SIGN_IN_FAILURES_PER_MINUTE, burst=SIGN_IN_FAILURES_PER_MINUTE)
 
 
 def retry_after_header(wait: float) -> str:

@@ -2,7 +2,8 @@
 population pages, rendered on the server from the same services as the API.
 
 `init_app(app, services)` sets the session key (refusing production without CARECAST_SECRET_KEY), the
-cookie flags, CSRF checking, HTML error pages for UI views and the security headers of UI responses.
+cookie flags, CSRF checking and HTML error pages for UI views. The security headers (CSP, framing, caching)
+of UI responses, as of every response, come from `carecast.serving.headers`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, Response, g, redirect, render_template, url_for
+from flask import Flask, Response, g, redirect, render_template, request, url_for
 
 from carecast.serving import errors
 from carecast.serving.auth import public
 from carecast.serving.context import Services
-from carecast.serving.ui import admin, audit_page, auth_pages, clinical, models_page, population_page  # noqa: F401
+from carecast.serving.ui import (  # noqa: F401 (importing registers the views)
+    admin,
+    audit_page,
+    auth_pages,
+    clinical,
+    models_page,
+    monitoring_page,
+    population_page,
+)
 from carecast.serving.ui.blueprint import bp
 from carecast.serving.ui.session import (
     CSRF_FIELD,
@@ -26,18 +35,6 @@ from carecast.serving.ui.session import (
     idle_seconds,
     warn_seconds,
 )
-
-# Scripts, styles and images only from this server; no framing; forms post only here.
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                           "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
-                           "object-src 'none'")
-
-
-def _security_headers(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "same-origin"
-    return response
 
 
 def _error_page(exc: Exception) -> Response | tuple[str, int]:
@@ -81,8 +78,16 @@ def _template_globals() -> dict[str, Any]:
             "idle_seconds": int(idle_seconds()), "warn_seconds": int(warn_seconds())}
 
 
+# Forms and the population page's CSV are small: a larger body is refused (413) before it is parsed.
+MAX_FORM_BYTES = 1024 * 1024
+
+
+def _limit_body() -> None:
+    request.max_content_length = MAX_FORM_BYTES
+
+
+bp.before_request(_limit_body)
 bp.before_request(check_csrf)
-bp.after_request(_security_headers)
 bp.register_error_handler(Exception, _error_page)
 bp.context_processor(_template_globals)
 

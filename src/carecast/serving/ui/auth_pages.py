@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, g, jsonify, redirect, render_template, request, url_for
 
 from carecast.security.users import authenticate
-from carecast.serving.auth import Action, audit, public, throttle
+from carecast.serving.auth import Action, audit, check_sign_in_allowed, count_failed_sign_in, public
 from carecast.serving.context import services
 from carecast.serving.ui.blueprint import bp
 from carecast.serving.ui.session import (
@@ -37,6 +37,7 @@ def login() -> Any:
             return redirect(target or url_for(home_endpoint(g.principal)))
         return render_template("login.html", next=target, notice=REASONS.get(request.args.get("reason", "")),
                                error=None)
+    check_sign_in_allowed()  # 429 before the password is even looked at when this address failed too often
     username = (request.form.get("username") or "").strip()
     password = request.form.get("password") or ""
     who = None
@@ -47,7 +48,7 @@ def login() -> Any:
         services().audit.record(action=Action.AUTH_FAILED, outcome="denied", source_ip=request.remote_addr,
                                 username=username if _USERNAME.fullmatch(username) else None,
                                 request_id=getattr(g, "request_id", None), detail="web sign-in refused")
-        throttle(f"fail:{request.remote_addr}")
+        count_failed_sign_in()
         html = render_template("login.html", next=target, notice=None,
                                error="Wrong username or password, or the account is locked for 15 minutes "
                                      "after 5 failed attempts.")

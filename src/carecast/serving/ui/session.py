@@ -29,7 +29,7 @@ from carecast.config import Settings
 from carecast.errors import ConfigError
 from carecast.security.permissions import Permission, Principal
 from carecast.security.users import principal_for
-from carecast.serving.auth import AUTHENTICATED_BY_ATTR, PERMISSION_ATTR, Action, audit, deny
+from carecast.serving.auth import AUTHENTICATED_BY_ATTR, PERMISSION_ATTR, Action, audit, deny, throttle
 from carecast.serving.context import services
 from carecast.serving.errors import ApiError
 
@@ -172,6 +172,7 @@ def current_user(*, touch: bool) -> Principal | None:
     if touch:
         session["seen"] = now
     g.principal = who
+    throttle(f"user:{who.user_id}")  # the same per-user rate as the API (429 with Retry-After)
     return who
 
 
@@ -184,7 +185,10 @@ def safe_next(target: str | None) -> str | None:
 
 
 def _signed_out_answer() -> Response:
-    """Browsers navigating are sent to the sign-in page; scripts (fetch, EventSource) get a bare 401."""
+    """Browsers navigating are sent to the sign-in page; scripts (fetch, EventSource) get a bare 401. The
+    refusal leaves one audit row, as the API's does (an idle logoff has just left its own)."""
+    if not getattr(g, "logged_off", False):
+        audit(Action.AUTH_FAILED, "denied", detail="no web session")
     if request.method == "GET" and request.accept_mimetypes.accept_html:
         reason = "idle" if getattr(g, "logged_off", False) else None
         target = redirect(url_for("ui.login", next=request.full_path.rstrip("?"), reason=reason))

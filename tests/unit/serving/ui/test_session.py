@@ -30,7 +30,7 @@ DECLARED = {
     "ui.ward": P.PATIENT_READ, "ui.ward_table": P.PATIENT_READ, "ui.patient": P.PATIENT_READ,
     "ui.patient_risk": P.PATIENT_READ, "ui.break_glass": P.PATIENT_READ, "ui.alert_feedback_view": P.PATIENT_READ,
     "ui.stream": P.PREDICTION_READ, "ui.models": P.MODEL_READ, "ui.model_promote": P.MODEL_MANAGE,
-    "ui.model_rollback": P.MODEL_MANAGE, "ui.population": P.MODEL_READ,
+    "ui.model_rollback": P.MODEL_MANAGE, "ui.population": P.MODEL_READ, "ui.monitoring": P.METRICS_READ,
     "ui.admin_users": P.USER_MANAGE, "ui.admin_create_user": P.USER_MANAGE, "ui.admin_set_units": P.USER_MANAGE,
     "ui.admin_roles": P.USER_MANAGE, "ui.admin_units": P.USER_MANAGE, "ui.admin_tokens": P.USER_MANAGE,
     "ui.admin_issue_token": P.USER_MANAGE, "ui.admin_revoke_token": P.USER_MANAGE,
