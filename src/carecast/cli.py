@@ -71,12 +71,14 @@ def db() -> None:
 @handle_errors
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (also done automatically on start)."""
+    from carecast.crypto import load_keyring
     from carecast.store.db import make_engine
     from carecast.store.migrate import current_revision, upgrade
 
     settings = _settings()
+    keyring = load_keyring(settings)  # revisions that encrypt stored text need the data key
     engine = make_engine(settings.database_url)
-    upgrade(engine, revision)
+    upgrade(engine, revision, keyring=keyring)
     click.echo(f"database at revision {current_revision(engine)}")
     engine.dispose()
 

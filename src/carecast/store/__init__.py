@@ -24,7 +24,7 @@ class Store:
         keyring = load_keyring(settings)
         engine = make_engine(settings.database_url)
         if migrate:
-            upgrade(engine)
+            upgrade(engine, keyring=keyring)
         return cls(engine=engine, keyring=keyring)
 
     def writer(self) -> ClinicalWriter:

@@ -3,7 +3,9 @@ observations and imaging, as plain dataclasses.
 
 Identifiers stay encrypted in what these functions return (`PatientRow` keeps the ciphertexts) until a
 caller allowed to see them asks `demographics()` explicitly: a view that may not show names never holds
-them in clear. Access control is not done here (the caller checks `carecast.security.access` first).
+them in clear. Stored free text of the record (condition displays, imaging descriptions) is encrypted
+at rest too, and decrypted here for any caller who may read the record. Access control is not done here
+(the caller checks `carecast.security.access` first).
 """
 
 from __future__ import annotations
@@ -208,9 +210,10 @@ class ClinicalReader:
         c = S.Condition
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(c.code_system, c.code, c.display, c.onset_at, c.recorded_at, c.clinical_status)
+                select(c.code_system, c.code, c.display_enc, c.onset_at, c.recorded_at, c.clinical_status)
                 .where(c.patient_id == patient_id).order_by(c.id).limit(limit)).all()
-        return [ConditionRow(system=r.code_system, code=r.code, display=r.display, onset_at=r.onset_at,
+        return [ConditionRow(system=r.code_system, code=r.code,
+                             display=self._decrypt(r.display_enc, "conditions.display"), onset_at=r.onset_at,
                              recorded_at=r.recorded_at, clinical_status=r.clinical_status) for r in rows]
 
     def observations(self, patient_id: int, *, variables: Iterable[str] | None = None, since: datetime | None = None,
@@ -250,10 +253,10 @@ class ClinicalReader:
         st, se, rp = S.ImagingStudy, S.ImagingSeries, S.DiagnosticReport
         with self.engine.connect() as conn:
             studies = conn.execute(select(st.id, st.uid, st.source_key, st.started_at, st.modality, st.body_site,
-                                          st.description, st.source).where(st.patient_id == patient_id)
+                                          st.description_enc, st.source).where(st.patient_id == patient_id)
                                    .order_by(st.started_at.desc(), st.id.desc()).limit(limit)).all()
             ids = [int(s.id) for s in studies]
-            series = conn.execute(select(se.study_id, se.modality, se.body_site, se.description, se.number,
+            series = conn.execute(select(se.study_id, se.modality, se.body_site, se.description_enc, se.number,
                                          se.instance_count).where(se.study_id.in_(ids)).order_by(se.number)).all() \
                 if ids else []
             keys = [s.source_key for s in studies]
@@ -264,8 +267,9 @@ class ClinicalReader:
         for s in studies:
             out.append(StudyRow(
                 uid=s.uid, started_at=s.started_at, modality=s.modality, body_site=s.body_site,
-                description=s.description, source=s.source,
-                series=[SeriesRow(modality=x.modality, body_site=x.body_site, description=x.description,
+                description=self._decrypt(s.description_enc, "imaging_studies.description"), source=s.source,
+                series=[SeriesRow(modality=x.modality, body_site=x.body_site,
+                                  description=self._decrypt(x.description_enc, "imaging_series.description"),
                                   number=x.number, instances=x.instance_count) for x in series if x.study_id == s.id],
                 reports=[ReportRow(category=r.category, code=r.code, issued_at=r.issued_at,
                                    finding_codes=r.conclusion_codes.split(",") if r.conclusion_codes else [],

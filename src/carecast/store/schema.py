@@ -182,7 +182,7 @@ class Condition(Base):
     encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"))
     code_system: Mapped[str] = mapped_column(String(16))
     code: Mapped[str] = mapped_column(String(32), index=True)
-    display: Mapped[str | None] = mapped_column(String(255))
+    display_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # free text: encrypted (revision 0004)
     onset_at: Mapped[datetime | None]
     recorded_at: Mapped[datetime | None]
     clinical_status: Mapped[str | None] = mapped_column(String(24))
@@ -202,7 +202,7 @@ class ImagingStudy(Base):
     started_at: Mapped[datetime | None]
     modality: Mapped[str | None] = mapped_column(String(64))
     body_site: Mapped[str | None] = mapped_column(String(64))
-    description: Mapped[str | None] = mapped_column(String(255))
+    description_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # free text: encrypted (revision 0004)
     source: Mapped[str] = mapped_column(String(16))
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_batches.id"))
 
@@ -216,7 +216,7 @@ class ImagingSeries(Base):
     series_uid_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     modality: Mapped[str | None] = mapped_column(String(16))
     body_site: Mapped[str | None] = mapped_column(String(64))
-    description: Mapped[str | None] = mapped_column(String(255))
+    description_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # free text: encrypted (revision 0004)
     number: Mapped[int | None] = mapped_column(Integer)
     instance_count: Mapped[int | None] = mapped_column(Integer)
 

@@ -332,7 +332,7 @@ class ClinicalWriter:
                              _iso(rec.onset_at), _iso(rec.recorded_at), rec.clinical_status)
         self._upsert(ctx, S.table(S.Condition), self.source_key(rec.natural_key), content, {
             "patient_id": pid, "encounter_id": eid, "code_system": rec.code_system, "code": rec.code,
-            "display": (rec.display or None) and rec.display[:255], "onset_at": rec.onset_at,
+            "display_enc": self._enc(rec.display, "conditions.display"), "onset_at": rec.onset_at,
             "recorded_at": rec.recorded_at, "clinical_status": rec.clinical_status, "batch_id": ctx.batch_id})
 
     def _write_imaging(self, ctx: _Ctx, rec: ImagingStudyRecord) -> None:
@@ -348,7 +348,7 @@ class ClinicalWriter:
             "accession_enc": self._enc(rec.accession, "imaging_studies.accession"),
             "started_at": rec.started_at, "modality": rec.modality and rec.modality[:64],
             "body_site": rec.body_site and rec.body_site[:64],
-            "description": rec.description and rec.description[:255], "source": rec.source,
+            "description_enc": self._enc(rec.description, "imaging_studies.description"), "source": rec.source,
             "batch_id": ctx.batch_id}, {"uid": str(uuid.uuid4())})
         if not changed:
             return
@@ -358,7 +358,7 @@ class ClinicalWriter:
         for s in rec.series:
             skey = self.keys.blind_index(s.series_uid, "imaging_series.series_uid")
             vals = {"modality": s.modality and s.modality[:16], "body_site": s.body_site and s.body_site[:64],
-                    "description": s.description and s.description[:255], "number": s.number,
+                    "description_enc": self._enc(s.description, "imaging_series.description"), "number": s.number,
                     "instance_count": s.instance_count}
             if skey in existing:
                 ctx.conn.execute(update(t).where(t.c.id == existing[skey]).values(**vals))

@@ -14,7 +14,10 @@ from carecast.errors import InputError
 from carecast.security.deid import age_label, deidentify, restricted_zip3
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
-ident = st.text(alphabet=st.characters(min_codepoint=48, max_codepoint=122), min_size=8, max_size=24)
+# Identifier values: random, and marked so that a match in the output is the value itself, never a column
+# name, a surrogate id or a number that happens to contain the same letters (hypothesis found "encounte").
+ident = st.text(alphabet=st.characters(min_codepoint=48, max_codepoint=122), min_size=8, max_size=24).map(
+    lambda text: f"ID#{text}")
 moments = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC))
 births = st.dates(min_value=datetime(1900, 1, 1).date(), max_value=datetime(2020, 1, 1).date())
 

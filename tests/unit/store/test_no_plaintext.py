@@ -25,11 +25,24 @@ def _seed(store: Store, tmp_path: Path) -> None:
     (d / "w.jsonl").write_bytes(orjson.dumps({
         "device_id": F.SECRET_IDENTIFIERS["device"], "patient": "Patient/p1", "type": "heart_rate", "value": 77,
         "unit": "/min", "time": "2026-01-05T10:00:00Z"}) + b"\n")
+    # Free text can carry identifiers too (typed into a diagnosis display or a study description).
+    named = f"{F.SECRET_IDENTIFIERS['family']} {F.SECRET_IDENTIFIERS['phone']}"
+    condition = F.condition("c1", "I10")
+    condition["code"]["coding"][0]["display"] = named
+    study = {"resourceType": "ImagingStudy", "id": "s1", "status": "available",
+             "subject": {"reference": "Patient/p1"}, "started": "2026-01-05T11:00:00Z", "description": named,
+             "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3.4.5"}],
+             "series": [{"uid": "1.2.3.4.5.6", "number": 1, "modality": {"code": "DX"}, "description": named,
+                         "numberOfInstances": 1}]}
+    (d / "Free.ndjson").write_bytes(orjson.dumps(condition) + b"\n" + orjson.dumps(study) + b"\n")
     # A quarantined record holding identifiers must not leak them either.
     bad = F.patient("p2", mrn=F.SECRET_IDENTIFIERS["mrn"] + "-B", gender="robot")
     (d / "Bad.ndjson").write_bytes(orjson.dumps(bad) + b"\n")
     summary = ingest_paths([d], store.writer())
-    assert summary.total("inserted") >= 3 and summary.total("rejected") == 1
+    assert summary.total("inserted") >= 5 and summary.total("rejected") == 1, summary
+    with store.engine.connect() as conn:  # the free text was stored (encrypted), not dropped
+        assert conn.execute(select(S.Condition.display_enc)).scalar_one() is not None
+        assert conn.execute(select(S.ImagingSeries.description_enc)).scalar_one() is not None
 
 
 def _assert_clean(blob: bytes) -> None:
