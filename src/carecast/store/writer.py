@@ -79,8 +79,10 @@ class ClinicalWriter:
     """Writes units of work over one engine with one keyring. Not thread-safe: one per worker.
 
     `on_patients_changed(patient_ids, latest_effective_at)`, if given, is called after each committed
-    `write` that inserted or changed observations (the scoring queue's hook); if it raises, the data
-    is already committed and the exception propagates."""
+    `write` of observations (the scoring queue's hook): new, changed, and re-sent unchanged ones too,
+    since a re-sent reading may be a client's retry of a write whose commit landed but whose scoring job
+    was lost (the process died in between); scoring is idempotent and queued jobs coalesce, so the extra
+    job costs a re-check. If the hook raises, the data is already committed and the exception propagates."""
 
     def __init__(self, engine: Engine, keyring: Keyring,
                  on_patients_changed: Callable[[set[int], datetime | None], None] | None = None) -> None:
@@ -477,7 +479,7 @@ class ClinicalWriter:
             conn.execute(stmt, [{"b_key": r[0], **{"b_" + c: _from_driver(v, sqlite)
                                                    for c, v in zip(cols, r[1:], strict=True)}} for r in changed])
         if ctx.changed is not None:
-            for written in itertools.chain(new, changed):
+            for written in rows.values():  # re-sent readings too: see on_patients_changed
                 when = _from_driver(written[8], sqlite)
                 ctx.changed[written[1]] = max(when, ctx.changed.get(written[1], when))
         result.inserted += len(new)
