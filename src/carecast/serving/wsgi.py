@@ -9,6 +9,7 @@ the graceful timeout instead of waiting for its open streams.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import sys
@@ -20,6 +21,7 @@ from gunicorn.app.base import BaseApplication
 
 GRACEFUL_TIMEOUT_S = 10
 THREADS = 16  # request threads per worker: live streams (at most stream.MAX_STREAMS) and ordinary requests
+MAX_BACKLOG_ACCEPTED = 1024  # connections taken from the listen queue at a graceful stop, at most
 
 
 def _app_of(worker: Any) -> Any:
@@ -35,6 +37,11 @@ def post_worker_init(worker: Any) -> None:
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: Any) -> None:
+        # Run by the worker's main loop, not here: the signal may have interrupted that loop inside its own
+        # accept, whose thread-pool lock is not re-entrant.
+        defer = getattr(getattr(worker, "method_queue", None), "defer", None)
+        if callable(defer):
+            defer(_accept_backlog, worker)
         app = _app_of(worker)
         if app is not None:
             from carecast.serving.app import begin_shutdown
@@ -44,6 +51,27 @@ def post_worker_init(worker: Any) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def _accept_backlog(worker: Any) -> None:
+    """Accept the connections already waiting in the listen queue when the stop begins: gunicorn stops
+    accepting and later closes the listener, which resets every connection still queued there, though the
+    kernel completed it (and its client sent the request) before the signal. Accepted now, they are served
+    within the graceful timeout like the requests in flight. (A gthread worker's `accept` takes one connection
+    and hands it to its threads, and its main loop runs what `method_queue.defer` queues; other worker classes
+    have neither and are left as they are.)"""
+    accept = getattr(worker, "accept", None)
+    if not callable(accept):
+        return
+    for listener in getattr(worker, "sockets", []):
+        for _ in range(MAX_BACKLOG_ACCEPTED):
+            try:
+                waiting, _, _ = select.select([listener], [], [], 0)
+                if not waiting:
+                    break
+                accept(listener)  # another worker may have taken it first: accept then finds none, harmlessly
+            except (OSError, ValueError):  # a listener already closed
+                break
 
 
 def worker_int(worker: Any) -> None:
