@@ -43,6 +43,11 @@ lint: $(STAMP) ## ruff and the import-layer contract
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
+.PHONY: scan
+scan: $(STAMP) ## Static analysis of src/: bandit, and semgrep with lint/semgrep.yml (offline); also run by make test
+	$(BIN)/bandit -q -r src --severity-level high
+	$(BIN)/semgrep --metrics=off --disable-version-check --config lint/semgrep.yml --error -q src
+
 .PHONY: typecheck
 typecheck: $(STAMP) ## mypy over src/
 	$(BIN)/mypy
