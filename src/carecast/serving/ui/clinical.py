@@ -20,6 +20,7 @@ from markupsafe import Markup
 from carecast.domain.variables import catalogue
 from carecast.models.metrics import age_band
 from carecast.models.tasks import TASKS
+from carecast.monitoring.metrics import observe_feedback
 from carecast.scoring.predictor import DEFAULT_THRESHOLD
 from carecast.scoring.scorer import StoredPrediction, current_risks, latest_predictions, risk_trajectory
 from carecast.security.access import BreakGlassError, can_see_patient, open_break_glass
@@ -348,6 +349,7 @@ def alert_feedback_view(uid: str, prediction_id: int) -> Any:
         alert_feedback.record(store.engine, store.keyring, prediction_id=alert.id, task=alert.task,
                               outcome=alert_feedback.ACKNOWLEDGED)
         audit(UiAction.ALERT_ACKNOWLEDGE, patient_uid=uid, detail=alert.task)
+        observe_feedback("ui", "acknowledged")
     elif action == "dismiss":
         reason = request.form.get("reason") or ""
         if reason not in alert_feedback.DISMISS_REASONS:
@@ -357,6 +359,7 @@ def alert_feedback_view(uid: str, prediction_id: int) -> Any:
                               outcome=alert_feedback.DISMISSED, reason_code=reason,
                               comment=request.form.get("comment"))
         audit(UiAction.ALERT_DISMISS, patient_uid=uid, detail=f"{alert.task} reason={reason}")
+        observe_feedback("ui", "dismissed")
     else:
         raise Unprocessable("unknown action", fields=[FieldError("form", "action", "acknowledge or dismiss")])
     return redirect(url_for("ui.patient", uid=uid) + "#alerts")

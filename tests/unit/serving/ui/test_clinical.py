@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from carecast.store import Store
@@ -121,6 +122,8 @@ def test_alert_acknowledge_and_dismiss_are_stored_as_feedback(
     token = session_csrf(nurse)
     missing = nurse.post(url, data={"action": "dismiss", "csrf_token": token}, headers=HTML)
     assert missing.status_code == 422
+    counted = {o: REGISTRY.get_sample_value("carecast_feedback_total", {"channel": "ui", "outcome": o}) or 0.0
+               for o in ("dismissed", "acknowledged")}
     dismissed = nurse.post(url, data={"action": "dismiss", "reason": "data-artefact", "comment": "probe fell off",
                                       "csrf_token": token}, headers=HTML)
     assert dismissed.status_code == 302
@@ -134,6 +137,9 @@ def test_alert_acknowledge_and_dismiss_are_stored_as_feedback(
         (UI_SOURCE, "deterioration_24h", "accepted", None, None)]
     assert rows[0].comment_enc is not None and b"probe" not in rows[0].comment_enc
     assert rows[0].card_uuid == rows[1].card_uuid
+    for outcome, before in counted.items():  # the feedback metric the monitoring rules read
+        assert REGISTRY.get_sample_value("carecast_feedback_total", {"channel": "ui", "outcome": outcome}) \
+            == before + 1
     assert "Status: <strong>acknowledged</strong>" in nurse.get(f"/ui/patients/{uid}", headers=HTML).text
 
 
