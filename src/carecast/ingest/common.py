@@ -60,12 +60,13 @@ def parse_datetime(value: Any, path: str) -> datetime:
     text = value.strip()
     try:
         if len(text) == 4:
-            return datetime(int(text), 1, 1, tzinfo=UTC)
-        if len(text) == 7:
-            return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
-        if len(text) == 10:
-            return datetime.fromisoformat(text).replace(tzinfo=UTC)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            parsed = datetime(int(text), 1, 1, tzinfo=UTC)
+        elif len(text) == 7:
+            parsed = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+        elif len(text) == 10:
+            parsed = datetime.fromisoformat(text).replace(tzinfo=UTC)
+        else:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise FieldProblem(path, "not a valid date-time") from None
     if parsed.tzinfo is None:
@@ -80,10 +81,11 @@ def parse_date(value: Any, path: str) -> date:
         raise FieldProblem(path, "expected a date string")
     try:
         if len(value) == 4:
-            return date(int(value), 1, 1)
-        if len(value) == 7:
-            return date(int(value[:4]), int(value[5:7]), 1)
-        parsed = date.fromisoformat(value[:10])
+            parsed = date(int(value), 1, 1)
+        elif len(value) == 7:
+            parsed = date(int(value[:4]), int(value[5:7]), 1)
+        else:
+            parsed = date.fromisoformat(value[:10])
     except ValueError:
         raise FieldProblem(path, "not a valid date") from None
     if not 1880 <= parsed.year <= 2200:
@@ -101,7 +103,10 @@ def as_number(value: Any, path: str) -> float:
         else:
             raise FieldProblem(path, "expected a number")
     else:
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range (the stdlib JSON reader keeps big integers)
+            raise FieldProblem(path, "expected a finite number") from None
     if not math.isfinite(number):
         raise FieldProblem(path, "expected a finite number")
     return number

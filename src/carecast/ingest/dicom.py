@@ -376,8 +376,11 @@ def _instance(ds: Dataset, where: str) -> _Instance:
 
 def _is_dicomdir(ds: Dataset) -> bool:
     file_meta = getattr(ds, "file_meta", None)
-    sop_class = _raw_value(file_meta, "MediaStorageSOPClassUID") if file_meta is not None else None
-    return str(sop_class or "").strip() == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds
+    try:
+        sop_class = _text(file_meta, "MediaStorageSOPClassUID") if file_meta is not None else None
+    except FieldProblem:  # a sequence or bytes where the UID belongs (str() of such a sequence can raise)
+        sop_class = None
+    return sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds
 
 
 def _raw_value(ds: Dataset, keyword: str) -> Any:

@@ -205,7 +205,8 @@ def decode_patient(res: dict[str, Any], refs: Refs) -> list[Record]:
 def _us_core_label(ext: dict[str, Any]) -> str | None:
     text = None
     category = None
-    for sub in ext.get("extension", []) or []:
+    subs = ext.get("extension")
+    for sub in subs if isinstance(subs, list) else []:
         if not isinstance(sub, dict):
             continue
         if sub.get("url") == "text" and isinstance(sub.get("valueString"), str):
@@ -452,6 +453,16 @@ def decode_resource(res: Any, refs: Refs | None = None) -> list[Record] | None:
     return decoder(res, refs or Refs())
 
 
+def _raw(res: Any) -> bytes | None:
+    """A resource as JSON bytes for the quarantine, or None when orjson cannot write it back (nesting deeper
+    than the 254 levels it writes, though it reads 1,024; an integer beyond 64 bits from another JSON reader):
+    keeping a copy must never lose the entry."""
+    try:
+        return orjson.dumps(res)
+    except orjson.JSONEncodeError:
+        return None
+
+
 def _rtype(res: Any) -> str | None:
     return res.get("resourceType") if isinstance(res, dict) and isinstance(res.get("resourceType"), str) else None
 
@@ -496,14 +507,16 @@ def decode_bundle(doc: dict[str, Any], where: str) -> UnitOfWork:
                 raise FieldProblem("request.method", "DELETE is not supported")
             records = decode_resource(res, refs)
         except FieldProblem as problem:
-            unit.rejections.append(problem.rejection(loc, _rtype(res), orjson.dumps(res) if res else None))
+            unit.rejections.append(problem.rejection(loc, _rtype(res), _raw(res) if res else None))
             continue
         if records is None:
             unit.skipped += 1
             continue
         for rec in records:
             unit.add(rec, loc)
-        unit.raw[loc] = orjson.dumps(res)
+        raw = _raw(res)
+        if raw is not None:
+            unit.raw[loc] = raw
     return unit
 
 
@@ -513,7 +526,7 @@ def decode_json_document(data: bytes, where: str) -> UnitOfWork:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         unit = UnitOfWork(where=where)
-        unit.rejections.append(Rejection(where=where, reason="not valid JSON", raw=None))
+        unit.rejections.append(Rejection(where=where, reason="not valid JSON", field="(document)", raw=None))
         return unit
     if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
         return decode_bundle(doc, where)
@@ -524,7 +537,7 @@ def decode_json_document(data: bytes, where: str) -> UnitOfWork:
 
 def add_resource(unit: UnitOfWork, resource: Any, where: str, raw: bytes | None = None) -> None:
     """Decode one resource into `unit`: its records, a rejection naming the field, or a skip."""
-    raw = raw if raw is not None else orjson.dumps(resource)
+    raw = raw if raw is not None else _raw(resource)
     try:
         records = decode_resource(resource)
     except FieldProblem as problem:
@@ -535,7 +548,8 @@ def add_resource(unit: UnitOfWork, resource: Any, where: str, raw: bytes | None 
         return
     for rec in records:
         unit.add(rec, where)
-    unit.raw[where] = raw
+    if raw is not None:
+        unit.raw[where] = raw
 
 
 def decode_ndjson(path: Path, chunk_size: int = 5000, label: str | None = None) -> Iterator[UnitOfWork]:
