@@ -35,7 +35,7 @@ chromium: ## Debian's Chromium for the browser tests (installed once when missin
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
 
 .PHONY: verify
-verify: $(STAMP) chromium ## Reliability and security proofs: fault, load, attack, long fuzzing (issue 8; ~20 min)
+verify: $(STAMP) chromium ## Reliability and security proofs: fault, load, attack, long fuzzing (issue 8; ~45 min)
 	CARECAST_VERIFY=1 $(BIN)/python -m pytest -q -p no:cacheprovider -s tests/verify
 
 .PHONY: lint
@@ -77,6 +77,10 @@ container: ## Build the image with podman (BASE_IMAGE=python:3.11-slim where a r
 .PHONY: container-test
 container-test: $(STAMP) ## Build the image, run it: /readyz answers and a prediction is served (~3 min)
 	CARECAST_CONTAINER_TEST=1 $(BIN)/python -m pytest -q -p no:cacheprovider -s tests/integration/test_container.py
+
+.PHONY: docs
+docs: $(STAMP) ## Rewrite the API reference in docs/serving.md from the OpenAPI document
+	$(BIN)/python -m carecast.serving.apidoc docs/serving.md
 
 .PHONY: lock
 lock: ## Re-resolve requirements/*.lock from pyproject.toml (needs the registry)
