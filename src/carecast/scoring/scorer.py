@@ -115,6 +115,29 @@ def _news2(row: Mapping[str, object]) -> int | None:
     return int(total)
 
 
+def _moment(encounters: pd.DataFrame, patient_id: int, t: datetime | None
+            ) -> tuple[int | None, str | None, datetime | None]:
+    """What a patient is scored at: (encounter, its unit, data time). The data time is the latest bedside
+    reading `t`, or the admission when nothing was measured yet; (None, None, t) without an encounter."""
+    enc = current_encounter(encounters, patient_id, t)
+    if enc is None:
+        return None, None, t
+    unit = enc["unit"] if isinstance(enc["unit"], str) else None
+    return int(enc["encounter_id"]), unit, t if t is not None else _utc(enc["admitted_at"])
+
+
+def _risks(predictor: Predictor, row: Mapping[str, object], tasks: Sequence[str] | None,
+           shadow_challenger: bool) -> list[ScoredRisk]:
+    """The champions' risks of one feature row (every task with a champion unless `tasks` names them) and,
+    with `shadow_challenger`, each loaded challenger's as a shadow risk."""
+    wanted = list(tasks) if tasks is not None else [task for task in predictor.tasks if predictor.has(task)]
+    risks = [predictor.predict(task, row) for task in wanted]
+    if shadow_challenger:
+        risks += [predictor.predict(task, row, alias="challenger") for task in wanted
+                  if predictor.has(task, "challenger")]
+    return risks
+
+
 def score_frames(predictor: Predictor, frames: ClinicalFrames, patient_id: int, *, tasks: Sequence[str] | None = None,
                  at: datetime | None = None, shadow_challenger: bool = False,
                  spec: FeatureSpec | None = None) -> FrameScore:
@@ -123,26 +146,14 @@ def score_frames(predictor: Predictor, frames: ClinicalFrames, patient_id: int, 
     challenger (when loaded) scores the same row too, as a shadow risk."""
     if at is not None and at.tzinfo is None:
         raise ValueError("at must be timezone-aware")
-    t = at or latest_bedside_time(frames, patient_id)
-    enc = current_encounter(frames.encounters, patient_id, t)
-    if enc is None:
-        return FrameScore(patient_id=patient_id, encounter_id=None, unit=None, data_time=t, news2=None)
-    encounter_id = int(enc["encounter_id"])
-    unit = enc["unit"] if isinstance(enc["unit"], str) else None
-    if t is None:
-        t = _utc(enc["admitted_at"])  # nothing measured yet: what is known at admission
-    if t is None:
-        return FrameScore(patient_id=patient_id, encounter_id=encounter_id, unit=unit, data_time=None, news2=None)
+    encounter_id, unit, t = _moment(frames.encounters, patient_id, at or latest_bedside_time(frames, patient_id))
+    if encounter_id is None or t is None:
+        return FrameScore(patient_id=patient_id, encounter_id=encounter_id, unit=unit, data_time=t, news2=None)
     query = pd.DataFrame({"patient_id": [patient_id], "encounter_id": [encounter_id], "t": [pd.Timestamp(t)]})
     X = build_features(frames, query, spec)
     row = {str(k): v for k, v in X.iloc[0].items()}
-    wanted = list(tasks) if tasks is not None else [task for task in predictor.tasks if predictor.has(task)]
-    risks = [predictor.predict(task, row) for task in wanted]
-    if shadow_challenger:
-        risks += [predictor.predict(task, row, alias="challenger") for task in wanted
-                  if predictor.has(task, "challenger")]
     return FrameScore(patient_id=patient_id, encounter_id=encounter_id, unit=unit, data_time=t, news2=_news2(row),
-                      risks=risks)
+                      risks=_risks(predictor, row, tasks, shadow_challenger))
 
 
 def score_patient(store: Store, predictor: Predictor, patient_id: int, *, tasks: Sequence[str] | None = None,
@@ -187,31 +198,22 @@ def score_patients(store: Store, predictor: Predictor, patient_ids: Sequence[int
         if pid not in known:
             out[pid] = NotFoundError("unknown patient")
             continue
-        t = bedside.get(pid)
-        enc = current_encounter(encounters[pid], pid, t) if pid in encounters else None
-        if enc is None:
+        encounter_id, unit, t = (_moment(encounters[pid], pid, bedside.get(pid)) if pid in encounters
+                                 else (None, None, None))
+        if encounter_id is None or t is None:
             out[pid] = []
             continue
-        if t is None:
-            t = _utc(enc["admitted_at"])
-        if t is None:
-            out[pid] = []
-            continue
-        moments.append((pid, int(enc["encounter_id"]), enc["unit"] if isinstance(enc["unit"], str) else None, t))
+        moments.append((pid, encounter_id, unit, t))
     if not moments:
         return out
     query = pd.DataFrame({"patient_id": [m[0] for m in moments], "encounter_id": [m[1] for m in moments],
                           "t": [pd.Timestamp(m[3]) for m in moments]})
     X = build_features(frames, query)
-    wanted = [task for task in predictor.tasks if predictor.has(task)]
     scored: list[tuple[FrameScore, datetime]] = []
     for (pid, encounter_id, unit, t), (_, features) in zip(moments, X.iterrows(), strict=True):
         row = {str(k): v for k, v in features.items()}
         try:
-            risks = [predictor.predict(task, row) for task in wanted]
-            if shadow_challenger:
-                risks += [predictor.predict(task, row, alias="challenger") for task in wanted
-                          if predictor.has(task, "challenger")]
+            risks = _risks(predictor, row, None, shadow_challenger)
         except Exception as exc:  # this patient's row cannot be scored; the others go on
             out[pid] = exc
             continue
