@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 
 from carecast.monitoring import metrics
 from carecast.security.permissions import Permission
 from carecast.serving.auth import requires
 from carecast.serving.context import services
+from carecast.serving.stream import hub_of
 
 log = logging.getLogger("carecast.access")
 bp = Blueprint("metrics", __name__)
@@ -54,10 +55,6 @@ def _queue_depth() -> float | None:
 @bp.get("/metrics")
 @requires(Permission.METRICS_READ)
 def metrics_view() -> Response:
-    from flask import current_app
-
-    from carecast.serving.stream import hub_of
-
     hub = hub_of(current_app)
     gauges = [("carecast_scoring_queue_depth", "Scoring jobs waiting or leased (shared by every process)",
                _queue_depth)]
