@@ -479,7 +479,7 @@ def _card(risk: _Risk, *, base: str, patient_uid: str | None) -> dict[str, Any]:
                             for code, display in OVERRIDE_REASONS],
     }
     if patient_uid is not None:
-        card["links"] = [{"label": "Open patient in CareCast", "url": f"{base}/patients/{patient_uid}",
+        card["links"] = [{"label": "Open patient in CareCast", "url": f"{base}/ui/patients/{patient_uid}",
                           "type": "absolute"}]
     return card
 

@@ -174,10 +174,13 @@ def test_without_prefetch_a_stored_patient_gets_their_latest_risk(client: FlaskC
     [card] = response.json["cards"]
     assert card["summary"] == summary and card["indicator"] == indicator
     assert card["links"] == [{"label": "Open patient in CareCast",
-                              "url": f"http://localhost/patients/{hospital.uids[name]}", "type": "absolute"}]
+                              "url": f"http://localhost/ui/patients/{hospital.uids[name]}", "type": "absolute"}]
     assert "heart rate 120/min (raises the risk)" in card["detail"] and "version `v1`" in card["detail"]
     [row] = audit_rows(store)
     assert (row.action, row.patient_uid) == ("cds:patient-view", hospital.uids[name]) and "via=store" in row.detail
+    # the link leads to the patient's page (the sign-in page first for a browser without a session)
+    opened = client.get(card["links"][0]["url"].removeprefix("http://localhost"), headers={"Accept": "text/html"})
+    assert opened.status_code == 302 and "/ui/login" in opened.headers["Location"]
 
 
 def test_without_a_stored_prediction_the_stored_data_is_scored_read_only(client: FlaskClient, store: Store,
@@ -197,7 +200,7 @@ def test_prefetch_of_a_stored_patient_links_to_it(client: FlaskClient, store: St
     response = _post(client, make_token(ehr), _call("a1", _prefetch("a1", heart_rate=80)))
     [card] = response.json["cards"]
     assert card["summary"].startswith("Deterioration risk 20% (medium)")  # the prefetch, fresher than the store
-    assert card["links"][0]["url"] == f"http://localhost/patients/{hospital.uids['a1']}"
+    assert card["links"][0]["url"] == f"http://localhost/ui/patients/{hospital.uids['a1']}"
     assert audit_rows(store)[-1].patient_uid == hospital.uids["a1"]
 
 
