@@ -15,6 +15,7 @@ import click
 from carecast import __version__
 from carecast.config import Settings, describe
 from carecast.errors import CareCastError, ExitCode
+from carecast.security.permissions import ROLES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -742,8 +743,7 @@ def users() -> None:
 
 @users.command("create")
 @click.argument("username")
-@click.option("--role", type=click.Choice(["clinician", "nurse", "data_scientist", "admin", "auditor"]),
-              required=True)
+@click.option("--role", type=click.Choice(ROLES), required=True)
 @click.option("--unit", "units", multiple=True, help="A care-team unit (repeat for several).")
 @click.password_option(help="Password (at least 12 characters); prompted for when not given.")
 @handle_errors

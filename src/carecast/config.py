@@ -212,7 +212,7 @@ class Settings:
             queue_url=CARECAST_QUEUE_URL.read(env),
             events_url=CARECAST_EVENTS_URL.read(env),
             rate_limit=CARECAST_RATE_LIMIT.read(env),  # type: ignore[arg-type]
-            retrain_interval_hours=_retrain_interval(CARECAST_RETRAIN_INTERVAL_HOURS.read(env), env),
+            retrain_interval_hours=_interval(CARECAST_RETRAIN_INTERVAL_HOURS.read(env), env, RETRAIN_INTERVAL_DEFAULT),
             drift_interval_hours=_interval(CARECAST_DRIFT_INTERVAL_HOURS.read(env), env, DRIFT_INTERVAL_DEFAULT),
             secret_key=CARECAST_SECRET_KEY.read(env),
             session_idle_minutes=CARECAST_SESSION_IDLE_MINUTES.read(env),  # type: ignore[arg-type]
@@ -224,13 +224,7 @@ class Settings:
         return self.env == "production"
 
 
-def _retrain_interval(explicit: float | None, environ: Mapping[str, str]) -> float:
-    """The retraining interval: the variable when set, else 24 h, except under CARECAST_ENV=test (off)."""
-    if explicit is not None:
-        return explicit
-    return 0.0 if CARECAST_ENV.read(environ) == "test" else 24.0
-
-
+RETRAIN_INTERVAL_DEFAULT = 24.0
 DRIFT_INTERVAL_DEFAULT = 6.0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -15,8 +16,13 @@ from carecast.store import schema as S
 
 MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=15)
-# Verifying against a real hash when the user does not exist keeps sign-in time the same either way.
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying against a real hash when the user does not exist keeps sign-in time the same either way.
+    Made on first use, not at import: argon2 costs tens of ms and 64 MiB, and every process imports this."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 class UserError(CareCastError):
@@ -74,7 +80,7 @@ def authenticate(engine: Engine, username: str, password: str, now: datetime | N
     with engine.begin() as conn:
         user = conn.execute(select(S.User).where(S.User.username == username)).first()
         if user is None or not user.active:
-            verify_password(_DUMMY_HASH, password)
+            verify_password(_dummy_hash(), password)
             return None
         if user.locked_until is not None and user.locked_until > now:
             return None
