@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,3 +189,14 @@ class Registry:
                                 "reason": reason})
         self._set_aliases(task, data)
         return data
+
+
+def card_threshold(card: Mapping[str, Any] | None) -> float | None:
+    """The alert threshold chosen in a model card (None when the card has none, or none in (0, 1))."""
+    chosen = (card or {}).get("threshold") or {}
+    value = chosen.get("threshold") if isinstance(chosen, Mapping) else chosen
+    try:
+        t = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return t if 0.0 < t < 1.0 else None

@@ -20,7 +20,7 @@ import pandas as pd
 
 from carecast.errors import NotFoundError
 from carecast.models import metrics as M
-from carecast.models.registry import Registry
+from carecast.models.registry import Registry, card_threshold
 from carecast.models.tasks import TASKS
 from carecast.monitoring.drift import MonitoringError, thresholds_file
 from carecast.store import Store
@@ -121,17 +121,6 @@ def label_predictions(predictions: pd.DataFrame, outcomes: pd.DataFrame, task: s
 
 def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
-
-
-def card_threshold(card: Mapping[str, Any] | None) -> float | None:
-    """The alert threshold chosen in a model card (None when the card has none)."""
-    chosen = (card or {}).get("threshold") or {}
-    value = chosen.get("threshold") if isinstance(chosen, Mapping) else chosen
-    try:
-        t = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return t if 0.0 < t < 1.0 else None
 
 
 def _attributes(rows: pd.DataFrame) -> pd.DataFrame:

@@ -32,7 +32,7 @@ import pandas as pd
 from carecast.domain.variables import catalogue
 from carecast.errors import CareCastError, NotFoundError
 from carecast.models.fastpath import FastModel, compile_model
-from carecast.models.registry import Registry
+from carecast.models.registry import Registry, card_threshold
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +88,6 @@ def band_of(risk: float, threshold: float) -> str:
     if risk >= threshold / 2:
         return "medium"
     return "low"
-
-
-def _card_threshold(card: Mapping[str, Any]) -> float:
-    chosen = card.get("threshold") or {}
-    value = chosen.get("threshold") if isinstance(chosen, Mapping) else chosen
-    try:
-        t = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return DEFAULT_THRESHOLD
-    return t if 0.0 < t < 1.0 else DEFAULT_THRESHOLD
 
 
 Snapshot = Mapping[tuple[str, str], LoadedModel]
@@ -166,7 +156,8 @@ class Predictor:
             self._unloadable.add((task, alias, version))
             return None
         return LoadedModel(task=task, alias=alias, version=model.version, fast=fast, estimator=model.estimator,
-                           threshold=_card_threshold(model.card), card=MappingProxyType(dict(model.card)))
+                           threshold=card_threshold(model.card) or DEFAULT_THRESHOLD,
+                           card=MappingProxyType(dict(model.card)))
 
     def maybe_refresh(self, min_interval_s: float = 2.0) -> bool:
         """`refresh` at most once per `min_interval_s`, and never waiting for another thread's refresh:

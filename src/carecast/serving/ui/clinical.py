@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from carecast.domain.variables import catalogue
 from carecast.models.metrics import age_band
+from carecast.models.registry import card_threshold
 from carecast.models.tasks import TASKS
 from carecast.monitoring.metrics import observe_feedback
 from carecast.scoring.predictor import DEFAULT_THRESHOLD
@@ -66,20 +67,21 @@ def _reader() -> ClinicalReader:
 
 
 def thresholds() -> dict[str, float]:
-    """The alert threshold of each task's champion (its card's chosen threshold), else the scorer's default."""
+    """The alert threshold of each task's champion (its card's chosen threshold), else the scorer's default.
+    Read from the registry once per request (a page asks for them from several places)."""
+    found: dict[str, float] | None = g.get("thresholds")
+    if found is not None:
+        return found
     out = {task: DEFAULT_THRESHOLD for task in TASKS}
     registry = services().registry
-    if registry is None:
-        return out
     for task in TASKS:
+        if registry is None:
+            break
         try:
-            card = registry.card(task, "champion")
+            out[task] = card_threshold(registry.card(task, "champion")) or DEFAULT_THRESHOLD
         except Exception:  # noqa: S112 - no champion yet, or an unreadable registry: keep the default
             continue
-        chosen = card.get("threshold") or {}
-        value = chosen.get("threshold") if isinstance(chosen, Mapping) else chosen
-        if isinstance(value, int | float) and 0 < float(value) < 1:
-            out[task] = float(value)
+    g.thresholds = out
     return out
 
 

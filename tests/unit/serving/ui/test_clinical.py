@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from carecast.models.registry import Registry
+from carecast.models.tasks import TASKS
 from carecast.store import Store
 from carecast.store import schema as S
 from carecast.store.alert_feedback import REASON_SYSTEM, UI_SOURCE
@@ -171,3 +174,17 @@ def test_pages_never_log_or_echo_identifiers_to_roles_without_them(
         assert page.status_code == 403
         for secret in SECRETS:
             assert secret not in page.text
+
+
+def test_the_ward_page_reads_each_champion_card_once(browser: Callable[[str], FlaskClient], hospital: Hospital,
+                                                    registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[str] = []
+    card = registry.card
+
+    def counted(task: str, version: str = "champion") -> dict[str, object]:
+        read.append(task)
+        return card(task, version)
+
+    monkeypatch.setattr(registry, "card", counted)
+    assert browser("nurse").get("/ui/ward", headers=HTML).status_code == 200
+    assert sorted(read) == sorted(TASKS)  # the thresholds, once per request, however many places need them
