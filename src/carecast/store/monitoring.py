@@ -16,6 +16,7 @@ from sqlalchemy import Engine, String, and_, cast, func, or_, select
 
 from carecast.crypto import Keyring
 from carecast.store import schema as S
+from carecast.store.feedback_rates import CDS, feedback_counts
 
 PREDICTION_COLUMNS = ("prediction_id", "patient_id", "encounter_id", "model_version", "risk", "data_time", "shadow",
                       "admitted_at", "discharged_at", "disposition", "sex", "race", "ethnicity", "birth_date")
@@ -115,12 +116,10 @@ def outcomes_of_predicted_encounters(engine: Engine, task: str, *, since: dateti
 
 def card_feedback_counts(engine: Engine, *, since: datetime | None = None,
                          until: datetime | None = None) -> dict[str, int]:
-    """CDS Hooks card outcomes (accepted, overridden) recorded in [since, until], by outcome."""
-    F = S.CdsFeedback
-    stmt = select(F.outcome, func.count(func.distinct(F.card_uuid))).group_by(F.outcome)
-    if since is not None:
-        stmt = stmt.where(F.outcome_at >= since)
-    if until is not None:
-        stmt = stmt.where(F.outcome_at <= until)
-    with engine.connect() as conn:
-        return {str(k): int(v) for k, v in conn.execute(stmt).all()}
+    """CDS Hooks card outcomes (accepted, overridden) recorded in [since, until], by outcome: the EHR's
+    channel of `feedback_rates.feedback_counts` (the web UI's acknowledgements share the table, not the count)."""
+    out: dict[str, int] = {}
+    for f in feedback_counts(engine, since=since, until=until):
+        if f.channel == CDS:
+            out[f.outcome] = out.get(f.outcome, 0) + f.cards
+    return out

@@ -20,7 +20,7 @@ from carecast.crypto import write_key_file
 from carecast.models.registry import Registry
 from carecast.monitoring.drift import ALERT_EXIT_CODE, MonitoringError
 from carecast.monitoring.performance import check_performance, default_thresholds
-from carecast.store import Store
+from carecast.store import Store, alert_feedback
 from carecast.store import schema as S
 from carecast.store.monitoring import (
     card_feedback_counts,
@@ -123,6 +123,10 @@ def test_queries(store: Store, built: Built) -> None:
     assert len(outcomes) == int(built.died.sum()) and set(outcomes["kind"]) == {"death"}
     assert card_feedback_counts(store.engine) == {"accepted": 3, "overridden": 1}
     assert card_feedback_counts(store.engine, since=_h(152)) == {"accepted": 1, "overridden": 1}
+    # web-UI acknowledgements share the table but are not CDS Hooks cards
+    alert_feedback.record(store.engine, store.keyring, prediction_id=int(preds["prediction_id"].iloc[0]), task=TASK,
+                          outcome=alert_feedback.ACKNOWLEDGED, now=_h(153))
+    assert card_feedback_counts(store.engine) == {"accepted": 3, "overridden": 1}
 
 
 def test_check_performance(store: Store, built: Built) -> None:
