@@ -122,11 +122,13 @@ def run_retrain(store: Store, registry: Registry, task: str, *, gates: Promotion
 
     champion_before = registry.aliases(task).get("champion")
     champion: Candidate | None = None
+    champion_card: dict[str, Any] = {}
     say(f"scoring {len(held):,} holdout predictions with the challenger and the champion")
     X_h = build_features(frames, held[["patient_id", "encounter_id", "t"]], spec)
     challenger = Candidate(version, _scores(result.estimator, X_h, result.card), result.card["feature_schema"])
     if champion_before:
         loaded = registry.load(task, str(champion_before))
+        champion_card = dict(loaded.card)
         champion = Candidate(loaded.version, _scores(loaded.estimator, X_h, loaded.card),
                              loaded.card.get("feature_schema", {}))
     holdout = Holdout(y=y_h, groups=held["patient_id"].to_numpy(), attributes=attributes_of(X_h))
@@ -138,12 +140,12 @@ def run_retrain(store: Store, registry: Registry, task: str, *, gates: Promotion
     else:
         registry.promote(task, version, "challenger",
                          reason=f"retrain: {decision.summary()}" + ("" if promote else " (promotion not asked)"))
-    champion_after = registry.aliases(task).get("champion")
+    champion_after = version if promoted else champion_before
     holdout_info = {"fraction": holdout_fraction, "n": len(held), "positives": int(y_h.sum()),
                     "patients": len(holdout_patients), "first_admission": str(held["split_time"].min()),
                     "last_admission": str(held["split_time"].max())}
     if champion is not None:
-        trained_until = registry.card(task, champion.version).get("training_data", {}).get("last_admission")
+        trained_until = champion_card.get("training_data", {}).get("last_admission")
         if trained_until:
             newer = held["split_time"] > pd.Timestamp(trained_until)
             holdout_info["after_champion_training_share"] = float(newer.mean())

@@ -213,8 +213,7 @@ def calibration_gate(holdout: Holdout, challenger: Candidate, champion: Candidat
 
 
 def _level_values(holdout: Holdout, attribute: str) -> npt.NDArray[Any]:
-    column = holdout.attributes[attribute]
-    return np.asarray(column.astype(object).where(column.notna(), "unknown").astype(str).to_numpy())
+    return M._level_labels(holdout.attributes[attribute])
 
 
 def _gap(y: npt.NDArray[np.int64], p: npt.NDArray[np.float64], values: npt.NDArray[Any],
@@ -262,14 +261,6 @@ def _bootstrap_gaps(holdout: Holdout, values: npt.NDArray[Any], levels: Sequence
     return out
 
 
-def _ci95(values: npt.NDArray[np.float64]) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return math.nan, math.nan
-    low, high = np.percentile(finite, [2.5, 97.5])
-    return float(low), float(high)
-
-
 def subgroup_gate(holdout: Holdout, challenger: Candidate, champion: Candidate | None,
                   gates: PromotionGates) -> GateResult:
     """Refused when, for an attribute, the challenger's gap widened over the champion's by more than the
@@ -291,14 +282,14 @@ def subgroup_gate(holdout: Holdout, challenger: Candidate, champion: Candidate |
         boot = (_bootstrap_gaps(holdout, values, levels, scores, gates.subgroup_n_boot, gates.seed)
                 if gates.subgroup_by_ci else np.empty((0, len(scores))))
         if champion is None:
-            low, high = _ci95(boot[:, 0])
+            low, high = M._ci(boot[:, 0])
             entry.update(gap_ci_low=low, gap_ci_high=high, max_gap=gates.subgroup_max_gap)
             if gap > gates.subgroup_max_gap and (not gates.subgroup_by_ci or low > 0):
                 problems.append(f"{attribute} gap {gap:.3f} > {gates.subgroup_max_gap:.2f}")
             continue
         theirs, their_gap = _gap(holdout.y, champion.p, values, levels)
         widening = gap - their_gap
-        low, high = _ci95(boot[:, 0] - boot[:, 1])
+        low, high = M._ci(boot[:, 0] - boot[:, 1])
         entry.update(champion_auroc=theirs, champion_gap=their_gap, widening=widening, widening_ci_low=low,
                      widening_ci_high=high, max_widening=gates.subgroup_max_widening)
         if widening > gates.subgroup_max_widening and (not gates.subgroup_by_ci or low > 0):

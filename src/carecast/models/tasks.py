@@ -29,7 +29,7 @@ def _data_end(frames: ClinicalFrames) -> pd.Timestamp:
     return max(valid) if valid else pd.Timestamp.now(tz="UTC")
 
 
-def _first_event(frames: ClinicalFrames, kinds: tuple[str, ...]) -> pd.Series:
+def first_event(frames: ClinicalFrames, kinds: tuple[str, ...]) -> pd.Series:
     """Earliest time of any of `kinds` per encounter (death also counts when not attached to one)."""
     out = frames.outcomes[frames.outcomes["kind"].isin(kinds)].dropna(subset=["encounter_id"])
     return out.groupby(out["encounter_id"].astype(np.int64))["occurred_at"].min()
@@ -78,7 +78,7 @@ class Deterioration24h(Task):
         rows["encounter_id"] = rows["encounter_id"].astype(np.int64)
         enc = frames.encounters.set_index("encounter_id")
         rows = rows[rows["encounter_id"].isin(enc.index)]
-        event = _first_event(frames, ("icu_transfer", "death")).reindex(rows["encounter_id"]).to_numpy()
+        event = first_event(frames, ("icu_transfer", "death")).reindex(rows["encounter_id"]).to_numpy()
         rows["event_at"] = pd.to_datetime(event, utc=True)
         discharged = pd.to_datetime(enc["discharged_at"].reindex(rows["encounter_id"]).to_numpy(), utc=True)
         admitted = pd.to_datetime(enc["admitted_at"].reindex(rows["encounter_id"]).to_numpy(), utc=True)
@@ -114,7 +114,7 @@ class InHospitalMortality(Task):
     def cohort(self, frames: ClinicalFrames) -> pd.DataFrame:
         stays = _inpatient_stays(frames)
         stays["t"] = stays["admitted_at"] + self.delay
-        death = _first_event(frames, ("death",)).reindex(stays["encounter_id"]).to_numpy()
+        death = first_event(frames, ("death",)).reindex(stays["encounter_id"]).to_numpy()
         stays["event_at"] = pd.to_datetime(death, utc=True)
         alive_at_t = stays["event_at"].isna() | (stays["event_at"] > stays["t"])
         still_in = stays["discharged_at"].isna() | (stays["discharged_at"] > stays["t"])
@@ -141,7 +141,7 @@ class Readmission30d(Task):
         stays = _inpatient_stays(frames)
         stays = stays[stays["discharged_at"].notna() & (stays["disposition"] != "exp")]
         stays["t"] = stays["discharged_at"]
-        readmit = _first_event(frames, ("readmission",)).reindex(stays["encounter_id"]).to_numpy()
+        readmit = first_event(frames, ("readmission",)).reindex(stays["encounter_id"]).to_numpy()
         stays["event_at"] = pd.to_datetime(readmit, utc=True)
         stays["label"] = (stays["event_at"].notna() & (stays["event_at"] <= stays["t"] + self.horizon)).astype(int)
         stays = stays[stays["t"] + self.horizon <= _data_end(frames)]  # the whole 30 days observed

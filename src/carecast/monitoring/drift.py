@@ -31,7 +31,7 @@ from carecast.errors import CareCastError
 from carecast.features.builder import BEDSIDE_SOURCES, build_features
 from carecast.features.spec import FeatureSpec, default_spec
 from carecast.models.registry import Registry
-from carecast.models.tasks import INPATIENT, TASKS
+from carecast.models.tasks import INPATIENT, TASKS, first_event
 from carecast.store import Store
 from carecast.store.frames import load_frames
 from carecast.store.monitoring import data_end, patients_in_hospital
@@ -71,11 +71,6 @@ def default_thresholds() -> DriftThresholds:
 
 # -- the moments each task scores ------------------------------------------------------------------------------
 
-def _first_event(frames: ClinicalFrames, kinds: tuple[str, ...]) -> pd.Series:
-    out = frames.outcomes[frames.outcomes["kind"].isin(kinds)].dropna(subset=["encounter_id"])
-    return out.groupby(out["encounter_id"].astype(np.int64))["occurred_at"].min()
-
-
 def _last_moment(frames: ClinicalFrames) -> pd.Timestamp | None:
     times = [frames.observations["effective_at"].max(), frames.encounters["admitted_at"].max(),
              frames.encounters["discharged_at"].max(), frames.outcomes["occurred_at"].max()]
@@ -91,7 +86,7 @@ def _vital_sets(frames: ClinicalFrames) -> pd.DataFrame:
     rows["encounter_id"] = rows["encounter_id"].astype(np.int64)
     enc = frames.encounters.set_index("encounter_id")
     rows = rows[rows["encounter_id"].isin(enc.index)]
-    event = pd.to_datetime(_first_event(frames, ("icu_transfer", "death")).reindex(rows["encounter_id"]).to_numpy(),
+    event = pd.to_datetime(first_event(frames, ("icu_transfer", "death")).reindex(rows["encounter_id"]).to_numpy(),
                            utc=True)
     admitted = pd.to_datetime(enc["admitted_at"].reindex(rows["encounter_id"]).to_numpy(), utc=True)
     discharged = pd.to_datetime(enc["discharged_at"].reindex(rows["encounter_id"]).to_numpy(), utc=True)
@@ -107,7 +102,7 @@ def _day_one(frames: ClinicalFrames, *, alive: bool) -> pd.DataFrame:
     stays["t"] = stays["admitted_at"] + delay
     keep = stays["discharged_at"].isna() | (stays["discharged_at"] > stays["t"])
     if alive:
-        death = pd.to_datetime(_first_event(frames, ("death",)).reindex(stays["encounter_id"]).to_numpy(), utc=True)
+        death = pd.to_datetime(first_event(frames, ("death",)).reindex(stays["encounter_id"]).to_numpy(), utc=True)
         keep &= np.asarray(pd.isna(death) | (death > pd.DatetimeIndex(stays["t"])))
     end = _last_moment(frames)
     if end is not None:
