@@ -148,8 +148,14 @@ class AuditLog:
         return AuditCheck(ok=True, rows=n, first_bad_id=None)
 
     def rows(self, *, limit: int = 100, action: str | None = None, username: str | None = None,
-             patient_uid: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+             patient_uid: str | None = None, since: datetime | None = None, until: datetime | None = None,
+             outcome: str | None = None) -> list[dict[str, Any]]:
+        """Rows matching every filter given, newest first, at most `limit`."""
         stmt = select(S.AuditEvent).order_by(S.AuditEvent.id.desc()).limit(limit)
+        if outcome:
+            stmt = stmt.where(S.AuditEvent.outcome == outcome)
+        if until:
+            stmt = stmt.where(S.AuditEvent.at <= until)
         if action:
             stmt = stmt.where(S.AuditEvent.action == action)
         if username:

@@ -105,6 +105,11 @@ def test_audit_chain_verifies_and_detects_tampering(store: Store) -> None:
     log.record(action="auth:failed", outcome="denied", username="mallory", source_ip="10.0.0.9")
     check = log.verify()
     assert check.ok and check.rows == 6
+    # filters are applied by the database, every one of them
+    assert [r["username"] for r in log.rows(outcome="denied")] == ["mallory"]
+    first = log.rows(limit=10)[-1]["at"]
+    assert [r["request_id"] for r in log.rows(until=first)] == ["r0"]
+    assert log.rows(outcome="denied", until=first) == []
     fhir = as_fhir_audit_event(log.rows(limit=1, action="patient:read")[0])
     assert fhir["resourceType"] == "AuditEvent" and fhir["entity"][0]["what"]["reference"] == "Patient/uid-4"
     with store.engine.begin() as conn:  # an insider edits one row
