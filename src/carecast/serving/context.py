@@ -108,9 +108,7 @@ def _begin_request() -> None:
 
 def _end_request(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = getattr(g, "request_id", "") or ""
-    response.headers.setdefault("Cache-Control", "no-store")
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    return response
+    return response  # the security headers (no-store, nosniff, CSP...) are serving.headers' job
 
 
 def init_app(app: Flask, svc: Services) -> None:

@@ -173,7 +173,7 @@ def ward_rows(who: Principal, unit: str | None) -> list[WardRow]:
     return rows
 
 
-def _unit_arg(reader: ClinicalReader, who: Principal) -> str | None:
+def _unit_arg(who: Principal) -> str | None:
     unit = (request.args.get("unit") or "").strip() or None
     if unit is not None and (len(unit) > 64 or (who.unit_restricted and unit not in who.units)):
         raise deny("unit outside the caller's units")
@@ -185,7 +185,7 @@ def _unit_arg(reader: ClinicalReader, who: Principal) -> str | None:
 def ward() -> str:
     who = principal()
     reader = _reader()
-    unit = _unit_arg(reader, who)
+    unit = _unit_arg(who)
     rows = ward_rows(who, unit)
     audit(Action.PATIENT_LIST, detail=f"web ward: {len(rows)} patients")
     return render_template("ward.html", rows=rows, unit=unit, units=_ward_units(reader, who), sort_task=SORT_TASK,
@@ -197,7 +197,7 @@ def ward() -> str:
 def ward_table() -> str:
     """The ward's rows alone, for the page's live refresh (not user activity)."""
     who = principal()
-    rows = ward_rows(who, _unit_arg(_reader(), who))
+    rows = ward_rows(who, _unit_arg(who))
     audit(Action.PATIENT_LIST, detail=f"web ward refresh: {len(rows)} patients")
     return render_template("_ward_rows.html", rows=rows, sort_task=SORT_TASK)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, current_app, g, redirect, request, session, url_for
+from flask import Flask, Response, g, redirect, request, session, url_for
 
 from carecast.config import Settings
 from carecast.errors import ConfigError
@@ -268,9 +268,6 @@ def can(permission: Permission | str) -> bool:
     return who is not None and who.can(Permission(permission))
 
 
-def app_settings() -> Settings:
-    found: Settings = current_app.extensions["carecast"].settings
-    return found
 
 
 __all__ = ["Action", "UiAction", "can", "check_csrf", "configure", "csrf_token", "current_user", "page",
