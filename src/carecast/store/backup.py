@@ -34,7 +34,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from sqlalchemy import Engine, MetaData, select, text
+from sqlalchemy import Connection, Engine, MetaData, select, text
 
 from carecast.config import Settings
 from carecast.crypto import Keyring, write_key_file
@@ -71,20 +71,23 @@ def _canonical(value: Any) -> str:
     return type(value).__name__[:1] + ":" + str(value)
 
 
-def table_fingerprints(engine: Engine) -> dict[str, dict[str, Any]]:
-    """Row count and SHA-256 over every row (in primary-key order) of every table of the database's schema."""
+def table_fingerprints(bind: Engine | Connection) -> dict[str, dict[str, Any]]:
+    """Row count and SHA-256 over every row (in primary-key order) of every table of the database's schema.
+    Given a connection, read within its transaction (and so its snapshot)."""
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            return table_fingerprints(conn)
     meta = MetaData()
-    meta.reflect(bind=engine)
+    meta.reflect(bind=bind)
     out: dict[str, dict[str, Any]] = {}
-    with engine.connect() as conn:
-        for table in sorted(meta.tables.values(), key=lambda t: t.name):
-            order = list(table.primary_key.columns) or list(table.columns)
-            digest = hashlib.sha256()
-            rows = 0
-            for row in conn.execute(select(table).order_by(*order)).yield_per(2000):
-                digest.update("\x1f".join(_canonical(v) for v in row).encode("utf-8") + b"\x1e")
-                rows += 1
-            out[table.name] = {"rows": rows, "sha256": digest.hexdigest()}
+    for table in sorted(meta.tables.values(), key=lambda t: t.name):
+        order = list(table.primary_key.columns) or list(table.columns)
+        digest = hashlib.sha256()
+        rows = 0
+        for row in bind.execute(select(table).order_by(*order)).yield_per(2000):
+            digest.update("\x1f".join(_canonical(v) for v in row).encode("utf-8") + b"\x1e")
+            rows += 1
+        out[table.name] = {"rows": rows, "sha256": digest.hexdigest()}
     return out
 
 
@@ -165,11 +168,15 @@ def _run(cmd: list[str], env: dict[str, str], what: str) -> subprocess.Completed
     return done
 
 
-def _pg_dump(engine: Engine, dst: Path) -> str:
+def _pg_dump(engine: Engine, dst: Path) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Dump the schema in use and fingerprint its tables from one snapshot: writes landing meanwhile (every
+    API request appends an audit row) are in neither, so the fingerprints describe exactly the dump."""
     schema = current_schema(engine)
-    _run(["pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--schema={schema}", f"--file={dst}"],
-         _pg_env(engine), "dump the database")
-    return schema
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+        snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+        _run(["pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
+              f"--schema={schema}", f"--file={dst}"], _pg_env(engine), "dump the database")
+        return schema, table_fingerprints(conn)
 
 
 def _pg_restore(engine: Engine, dump: Path, schema: str) -> None:
@@ -239,15 +246,14 @@ def create_backup(settings: Settings, engine: Engine, out: Path, *, passphrase: 
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".carecast-backup-") as tmp:
         stage = Path(tmp)
         os.chmod(stage, 0o700)
+        # The fingerprints describe the copy itself (restore checks its result against them).
         if backend == "sqlite":
             _sqlite_copy(_sqlite_path(engine), stage / "database.sqlite")
+            manifest["tables"] = _sqlite_copy_fingerprints(stage)
         elif backend == "postgresql":
-            manifest["schema"] = _pg_dump(engine, stage / "database.pgdump")
+            manifest["schema"], manifest["tables"] = _pg_dump(engine, stage / "database.pgdump")
         else:
             raise BackupError(f"backups of {backend} databases are not supported")
-        # Fingerprints of the live database right after the copy: equal unless someone wrote in between,
-        # which is why restore checks its result against fingerprints taken from the copy itself.
-        manifest["tables"] = _copy_fingerprints(stage, backend, engine)
         registry = _local_registry(settings)
         if registry is not None and registry.is_dir():
             shutil.copytree(registry, stage / "models", symlinks=False)
@@ -264,18 +270,16 @@ def create_backup(settings: Settings, engine: Engine, out: Path, *, passphrase: 
     return BackupInfo(path=out, manifest=manifest)
 
 
-def _copy_fingerprints(stage: Path, backend: str, engine: Engine) -> dict[str, dict[str, Any]]:
-    if backend == "sqlite":
-        from carecast.store.db import make_engine
+def _sqlite_copy_fingerprints(stage: Path) -> dict[str, dict[str, Any]]:
+    from carecast.store.db import make_engine
 
-        copy = make_engine(f"sqlite:///{stage / 'database.sqlite'}")
-        try:
-            return table_fingerprints(copy)
-        finally:
-            copy.dispose()
-            for extra in ("database.sqlite-wal", "database.sqlite-shm"):
-                (stage / extra).unlink(missing_ok=True)
-    return table_fingerprints(engine)
+    copy = make_engine(f"sqlite:///{stage / 'database.sqlite'}")
+    try:
+        return table_fingerprints(copy)
+    finally:
+        copy.dispose()
+        for extra in ("database.sqlite-wal", "database.sqlite-shm"):
+            (stage / extra).unlink(missing_ok=True)
 
 
 def _stage_keyring(settings: Settings, stage: Path, passphrase: str | None, include: bool) -> str:

@@ -86,3 +86,31 @@ def test_backup_without_keyring_needs_no_passphrase(installed: tuple[Settings, S
     assert not any(m.startswith("keyring") for m in info.manifest["members"])
     with pytest.raises(BackupError):
         create_backup(settings, store.engine, tmp_path / "y.tar", include_keyring=False)  # never overwrites
+
+
+def test_a_write_during_the_backup_is_in_neither_the_copy_nor_its_fingerprints(
+        installed: tuple[Settings, Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running server writes while a backup is taken (every request appends an audit row): the manifest's
+    fingerprints must describe the copy, or the restore of a good backup is refused."""
+    settings, store = installed
+    from carecast.store import backup
+
+    copy = backup._sqlite_copy if store.engine.dialect.name == "sqlite" else None
+    run = backup._run
+
+    def meanwhile() -> None:
+        with store.engine.begin() as conn:
+            conn.execute(S.Patient.__table__.update().values(sex="unknown"))
+
+    def write_after(*args: object, **kwargs: object) -> object:
+        found = (copy or run)(*args, **kwargs)  # type: ignore[operator]
+        meanwhile()  # right after the copy was made, before anything else
+        return found
+
+    monkeypatch.setattr(backup, "_sqlite_copy" if copy else "_run", write_after)
+    out = tmp_path / "during.tar"
+    info = create_backup(settings, store.engine, out, passphrase=PASS)
+    monkeypatch.undo()
+    assert info.manifest["tables"] != table_fingerprints(store.engine)  # the live data moved on
+    result = restore_backup(settings, store.engine, out, passphrase=PASS)  # the copy is still exactly what it says
+    assert result.tables == info.manifest["tables"] == table_fingerprints(store.engine)
