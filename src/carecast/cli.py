@@ -1237,11 +1237,11 @@ def backup() -> None:
 @handle_errors
 def backup_create(out: Path, passphrase_file: Path | None, without_keyring: bool) -> None:
     """Write a backup file OUT (mode 0600): database, model registry, sealed keyring, manifest."""
-    from carecast.store.backup import create_backup, describe
+    from carecast.store.backup import create_backup, describe, keyring_needs_seal
 
     settings = _settings()
     passphrase = None
-    if not without_keyring and settings.key_file.exists() and not settings.data_key and not settings.kms_key:
+    if keyring_needs_seal(settings, include_keyring=not without_keyring):
         passphrase = _backup_passphrase(passphrase_file, confirm=True)
     store = _open_store()
     try:

@@ -232,12 +232,18 @@ def _files(root: Path) -> Iterator[Path]:
             yield path
 
 
+def keyring_needs_seal(settings: Settings, include_keyring: bool = True) -> bool:
+    """Whether a backup will hold the key file sealed by a passphrase (see _stage_keyring): not when it is
+    left out, when the key comes from CARECAST_DATA_KEY, when Cloud KMS wraps it, or when there is none."""
+    return (include_keyring and not settings.data_key and not settings.kms_key and settings.key_file.exists())
+
+
 def create_backup(settings: Settings, engine: Engine, out: Path, *, passphrase: str | None = None,
                   include_keyring: bool = True) -> BackupInfo:
     """Write a backup of the database, the model registry and (sealed) the keyring to the file `out`."""
     if out.exists():
         raise BackupError("the backup file already exists; choose a new name")
-    if include_keyring and settings.key_file.exists() and not settings.kms_key and passphrase is None:
+    if keyring_needs_seal(settings, include_keyring) and passphrase is None:
         raise ConfigError("a backup that holds the keyring needs a passphrase (or leave the keyring out)")
     out.parent.mkdir(parents=True, exist_ok=True)
     backend = engine.dialect.name
@@ -293,7 +299,7 @@ def _stage_keyring(settings: Settings, stage: Path, passphrase: str | None, incl
     if settings.kms_key:
         (stage / "keyring.wrapped").write_bytes(raw)
         return "wrapped by Cloud KMS (keyring.wrapped)"
-    assert passphrase is not None  # checked by create_backup
+    assert passphrase is not None  # keyring_needs_seal, checked by create_backup
     Keyring.from_json(raw.decode("utf-8"))  # refuse to back up a damaged key file
     (stage / "keyring.sealed").write_bytes(seal(raw, passphrase))
     return "sealed with the backup passphrase (keyring.sealed)"

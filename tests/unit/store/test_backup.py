@@ -16,7 +16,7 @@ from carecast.crypto import Keyring, write_key_file
 from carecast.errors import CareCastError
 from carecast.store import Store
 from carecast.store import schema as S
-from carecast.store.backup import BackupError, create_backup, restore_backup, table_fingerprints
+from carecast.store.backup import BackupError, create_backup, keyring_needs_seal, restore_backup, table_fingerprints
 
 PASS = "correct horse battery staple"
 
@@ -114,3 +114,15 @@ def test_a_write_during_the_backup_is_in_neither_the_copy_nor_its_fingerprints(
     assert info.manifest["tables"] != table_fingerprints(store.engine)  # the live data moved on
     result = restore_backup(settings, store.engine, out, passphrase=PASS)  # the copy is still exactly what it says
     assert result.tables == info.manifest["tables"] == table_fingerprints(store.engine)
+
+
+def test_with_the_key_in_the_environment_no_passphrase_is_needed(installed: tuple[Settings, Store],
+                                                                  tmp_path: Path) -> None:
+    """CARECAST_DATA_KEY set and a key file left on disk: the key file is not backed up, so nothing to seal."""
+    settings, store = installed
+    from dataclasses import replace
+
+    with_env_key = replace(settings, data_key="not-used-by-the-backup")
+    assert settings.key_file.exists() and not keyring_needs_seal(with_env_key)
+    info = create_backup(with_env_key, store.engine, tmp_path / "env-key.tar")
+    assert info.manifest["keyring"].startswith("not included: the key comes from CARECAST_DATA_KEY")
