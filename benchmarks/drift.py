@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ from threadpoolctl import threadpool_limits
 from carecast.crypto import Keyring
 from carecast.jobs.ingest import ingest_paths
 from carecast.jobs.training import run_training
+from carecast.models.metrics import wilson_interval
 from carecast.models.registry import Registry
 from carecast.monitoring.drift import check_drift
 from carecast.simulate import SHIFTS, SimulationConfig, simulate
@@ -37,16 +37,6 @@ from carecast.store.migrate import upgrade
 from carecast.store.writer import ClinicalWriter
 
 TASK = "deterioration_24h"
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return math.nan, math.nan
-    z = 1.959964
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def hospital_store(root: Path, seed: int, patients: int, days: float, shift: str | None) -> Store:
@@ -112,7 +102,7 @@ def main() -> None:
             rows = [r for r in results if r["condition"] == name and r["window_hours"] == hours]
             alerts = sum(r["status"] == "alert" for r in rows)
             flagged = sum(r["status"] in ("alert", "warn") for r in rows)
-            low, high = wilson(alerts, len(rows))
+            low, high = wilson_interval(alerts, len(rows))
             common = Counter(f for r in rows for f in r["alerting"]).most_common(3)
             median_psi = float(np.median([r["max_psi"] for r in rows if r["max_psi"] is not None]))
             summary.append({"shift": name, "window_hours": hours, "n": len(rows), "alert_rate": alerts / len(rows),

@@ -32,6 +32,7 @@ from carecast.serving import create_app
 from carecast.serving.app import shutdown
 from carecast.store import Store
 from carecast.store import schema as S
+from carecast.store.clinical import ClinicalReader
 from carecast.store.db import make_engine
 from carecast.store.migrate import upgrade
 from tests.unit.scoring import TASK, TrainedModels, ingest, registry_copy, small_hospital, trained_models
@@ -122,9 +123,7 @@ def site(models: TrainedModels, tmp_path_factory: pytest.TempPathFactory) -> Ite
     app = create_app(settings, store=store, registry=registry, worker_factory=WorkerThread)
     queue = DatabaseQueue(store.engine)
     queue_in_house(store, queue)
-    with store.engine.connect() as conn:
-        units = sorted(u for u in conn.execute(select(S.Encounter.unit).where(
-            S.Encounter.discharged_at.is_(None), S.Encounter.unit.is_not(None)).distinct()).scalars())
+    units = ClinicalReader(store.engine, store.keyring).units()
     assert len(units) >= 2, "the small hospital needs two units for the break-glass test"
     found = Site(app=app, store=store, port=0, units=units)
     for role in ("nurse", "clinician", "auditor", "admin", "data_scientist"):

@@ -416,7 +416,8 @@ def compare_auroc(
     }
 
 
-def _wilson(successes: float, n: float) -> tuple[float, float]:
+def wilson_interval(successes: float, n: float) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (NaN, NaN for n = 0)."""
     if n <= 0:
         return math.nan, math.nan
     phat = successes / n
@@ -451,7 +452,7 @@ def reliability_curve(y: ArrayLike, p: ArrayLike, bins: int = 10) -> list[dict[s
         if n_b == 0:
             continue
         events = float(yy[mask].sum())
-        low, high = _wilson(events, n_b)
+        low, high = wilson_interval(events, n_b)
         rows.append({
             "mean_predicted": float(pp[mask].mean()),
             "observed": events / n_b,

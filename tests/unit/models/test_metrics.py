@@ -11,6 +11,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
+from carecast.models import metrics as M
 from carecast.models.metrics import (
     age_band,
     auroc,
@@ -381,3 +382,9 @@ def test_compare_auroc_reports_the_baselines_own_ci() -> None:
     assert diff["baseline_ci_low"] == pytest.approx(alone["ci_low"])
     assert diff["baseline_ci_high"] == pytest.approx(alone["ci_high"])
     assert diff["baseline_auroc"] == pytest.approx(alone["value"])
+
+
+def test_wilson_interval_known_values() -> None:
+    low, high = M.wilson_interval(5, 10)
+    assert (round(low, 4), round(high, 4)) == (0.2366, 0.7634)  # the textbook 95% Wilson interval
+    assert M.wilson_interval(0, 10)[0] == 0.0 and all(math.isnan(v) for v in M.wilson_interval(0, 0))
