@@ -156,15 +156,21 @@ class Keyring:
             raise ConfigError("the key file is not a valid CareCast keyring") from None
 
 
-def write_key_file(path: Path, keyring: Keyring) -> None:
-    """Write a keyring readable by its owner only (mode 0600), never through a wider mode."""
+def write_private_file(path: Path, content: bytes) -> None:
+    """Replace `path` with `content`, readable by its owner only (mode 0600, its folder 0700), never through a
+    wider mode and never half-written (a temporary file renamed over it)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(keyring.to_json())
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+def write_key_file(path: Path, keyring: Keyring) -> None:
+    """Write a keyring readable by its owner only (mode 0600)."""
+    write_private_file(path, keyring.to_json().encode("utf-8"))
 
 
 def load_keyring(settings: Settings, *, create: bool = True, kms_client: KmsClient | None = None) -> Keyring:

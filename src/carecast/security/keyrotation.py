@@ -19,7 +19,6 @@ retired key and could not read the new one); step 4 refuses to finish if one did
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from carecast.config import Settings
-from carecast.crypto import GoogleCloudKms, Keyring, KmsClient, load_keyring, wrap_data_key, write_key_file
+from carecast.crypto import (
+    GoogleCloudKms,
+    Keyring,
+    KmsClient,
+    load_keyring,
+    wrap_data_key,
+    write_key_file,
+    write_private_file,
+)
 from carecast.errors import CareCastError, ConfigError
 from carecast.store import Store
 from carecast.store.backup import create_backup
@@ -70,12 +77,7 @@ def save_keyring(settings: Settings, keyring: Keyring, kms_client: KmsClient | N
         return
     client = kms_client if kms_client is not None else GoogleCloudKms()
     wrapped = wrap_data_key(client, settings.kms_key, keyring.to_json().encode("utf-8"))
-    path = settings.key_file
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(wrapped + "\n")
-    os.replace(tmp, path)
+    write_private_file(settings.key_file, (wrapped + "\n").encode("ascii"))
 
 
 def rotate_keys(settings: Settings, store: Store, *, backup_path: Path | None, passphrase: str | None = None,

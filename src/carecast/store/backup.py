@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from sqlalchemy import Connection, Engine, MetaData, select, text
 
 from carecast.config import Settings
-from carecast.crypto import Keyring, write_key_file
+from carecast.crypto import Keyring, write_key_file, write_private_file
 from carecast.errors import ConfigError, InputError
 from carecast.store.migrate import current_revision
 
@@ -405,10 +405,7 @@ def _install_keyring(settings: Settings, raw: bytes, *, wrapped: bool) -> str:
         os.chmod(aside, 0o600)
         moved = f"; the previous key file was kept as {aside.name} (mode 0600)"
     if wrapped:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
+        write_private_file(path, raw)
     else:
         write_key_file(path, Keyring.from_json(raw.decode("utf-8")))
     return f"restored to {path}{moved}"
