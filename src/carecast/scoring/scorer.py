@@ -338,3 +338,26 @@ def risk_trajectory(engine: Engine, patient_id: int, task: str, since: datetime 
     with engine.connect() as conn:
         rows = conn.execute(stmt.order_by(stmt.selected_columns.data_time, stmt.selected_columns.id)).all()
     return [_from_row(r) for r in rows]
+
+
+def risk_trajectories(engine: Engine, task: str, windows: Mapping[int, tuple[datetime, datetime]]
+                      ) -> dict[int, list[StoredPrediction]]:
+    """`risk_trajectory` of several patients, each within its own [since, until] window, in one query
+    (a ward page draws one sparkline per patient)."""
+    if not windows:
+        return {}
+    P = S.table(S.Prediction)
+    where = [P.c.patient_id.in_(sorted(windows)), P.c.task == task,
+             P.c.data_time >= min(since for since, _ in windows.values()),
+             P.c.data_time <= max(until for _, until in windows.values())]
+    stmt = _newest(where, (P.c.patient_id, P.c.data_time))
+    out: dict[int, list[StoredPrediction]] = {pid: [] for pid in windows}
+    with engine.connect() as conn:
+        rows = conn.execute(stmt.order_by(stmt.selected_columns.patient_id, stmt.selected_columns.data_time,
+                                          stmt.selected_columns.id)).all()
+    for row in rows:
+        p = _from_row(row)
+        since, until = windows[p.patient_id]
+        if since <= p.data_time <= until:
+            out[p.patient_id].append(p)
+    return out

@@ -16,6 +16,7 @@ from carecast.scoring.predictor import Predictor
 from carecast.scoring.scorer import (
     current_risks,
     latest_predictions,
+    risk_trajectories,
     risk_trajectory,
     score_patient,
     score_patients,
@@ -91,6 +92,19 @@ def test_trajectory_and_the_newest_model_wins(hospital: Store, predictor: Predic
     assert [p.id for p in risk_trajectory(hospital.engine, pid, TASK, since=now.data_time)] == [newer.id]
     assert latest_predictions(hospital.engine, pid)[TASK].id == newer.id
     assert current_risks(hospital.engine, TASK)[pid].id == newer.id
+
+    # several patients in one query, each in its own window: the same points as one by one
+    other = patient_ids(hospital)[2]
+    score_patient(hospital, predictor, other)
+    windows = {pid: (now.data_time - timedelta(hours=4), now.data_time),
+               other: (now.data_time - timedelta(days=30), now.data_time + timedelta(days=30))}
+    together = risk_trajectories(hospital.engine, TASK, windows)
+    for patient, (since, until) in windows.items():
+        assert [p.id for p in together[patient]] == [
+            p.id for p in risk_trajectory(hospital.engine, patient, TASK, since, until=until)]
+    assert [p.id for p in together[pid]] == [earlier.id, newer.id] and together[other]
+    narrow = risk_trajectories(hospital.engine, TASK, {pid: (now.data_time, now.data_time)})
+    assert [p.id for p in narrow[pid]] == [newer.id]
 
 
 def test_shadow_challenger_is_stored_but_not_shown(hospital: Store, predictor: Predictor,

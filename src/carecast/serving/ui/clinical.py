@@ -23,7 +23,13 @@ from carecast.models.registry import card_threshold
 from carecast.models.tasks import TASKS
 from carecast.monitoring.metrics import observe_feedback
 from carecast.scoring.predictor import DEFAULT_THRESHOLD
-from carecast.scoring.scorer import StoredPrediction, current_risks, latest_predictions, risk_trajectory
+from carecast.scoring.scorer import (
+    StoredPrediction,
+    current_risks,
+    latest_predictions,
+    risk_trajectories,
+    risk_trajectory,
+)
 from carecast.security.access import BreakGlassError, can_see_patient, open_break_glass
 from carecast.security.permissions import Permission, Principal
 from carecast.security.users import principal_for
@@ -100,14 +106,22 @@ def _label(reader: ClinicalReader, patient: PatientRow, who: Principal) -> dict[
     return out
 
 
-def _alerts(predictions: Iterable[StoredPrediction]) -> list[dict[str, Any]]:
-    """High-band current scores are alerts; each with its latest acknowledgement or dismissal."""
+def _feedback(predictions: Iterable[StoredPrediction]) -> dict[str, alert_feedback.AlertFeedback]:
+    """The latest acknowledgement or dismissal of each alert (high-band score) among these, in one query."""
+    ids = [alert_feedback.alert_id(p.id) for p in predictions if p.band == "high"]
+    return alert_feedback.latest_feedback(services().store.engine, ids)
+
+
+def _alerts(predictions: Iterable[StoredPrediction],
+            feedback: dict[str, alert_feedback.AlertFeedback] | None = None) -> list[dict[str, Any]]:
+    """High-band current scores are alerts; each with its latest acknowledgement or dismissal (read here
+    unless the caller read them for many patients at once)."""
     high = [p for p in predictions if p.band == "high"]
-    ids = {p.id: alert_feedback.alert_id(p.id) for p in high}
-    feedback = alert_feedback.latest_feedback(services().store.engine, ids.values())
+    if feedback is None:
+        feedback = _feedback(high)
     out = []
     for p in sorted(high, key=lambda x: (-x.risk, x.task)):
-        done = feedback.get(ids[p.id])
+        done = feedback.get(alert_feedback.alert_id(p.id))
         status = "open" if done is None else "acknowledged" if done.outcome == alert_feedback.ACKNOWLEDGED \
             else "dismissed"
         out.append({"prediction_id": p.id, "task": p.task, "risk": p.risk, "data_time": p.data_time,
@@ -150,14 +164,15 @@ def ward_rows(who: Principal, unit: str | None) -> list[WardRow]:
         if ids else {}
     last_vitals = reader.last_observation_times(ids, category="vital-signs")
     limits = thresholds()
+    sorting = by_task.get(SORT_TASK) or {}
+    trends = risk_trajectories(engine, SORT_TASK, {pid: (p.data_time - TREND, p.data_time)
+                                                   for pid, p in sorting.items()})
+    feedback = _feedback([p for found in by_task.values() for p in found.values()])
     rows = []
     for stay in stays:
         pid = stay.patient.id
-        current = (by_task.get(SORT_TASK) or {}).get(pid)
-        trend: list[TimePoint] = []
-        if current is not None:
-            trend = [(p.data_time, p.risk) for p in
-                     risk_trajectory(engine, pid, SORT_TASK, current.data_time - TREND, until=current.data_time)]
+        current = sorting.get(pid)
+        trend: list[TimePoint] = [(p.data_time, p.risk) for p in trends.get(pid, [])]
         mine = {task: found[pid] for task, found in by_task.items() if pid in found}
         rows.append(WardRow(
             patient=_label(reader, stay.patient, who), unit=stay.unit, bed=stay.bed, admitted_at=stay.admitted_at,
@@ -166,7 +181,7 @@ def ward_rows(who: Principal, unit: str | None) -> list[WardRow]:
                        None),
             data_time=None if current is None else current.data_time, last_vitals=last_vitals.get(pid),
             trend=sparkline(trend, threshold=limits.get(SORT_TASK), label="Deterioration risk, last 24 h"),
-            open_alerts=sum(1 for a in _alerts(mine.values()) if a["status"] == "open"),
+            open_alerts=sum(1 for a in _alerts(mine.values(), feedback) if a["status"] == "open"),
             model_version=None if current is None else current.model_version,
             other_risks={t: p for t, p in mine.items() if t != SORT_TASK}))
     rows.sort(key=lambda r: (-(r.risk if r.risk is not None else -1.0), r.patient["uid"]))

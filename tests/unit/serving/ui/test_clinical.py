@@ -188,3 +188,22 @@ def test_the_ward_page_reads_each_champion_card_once(browser: Callable[[str], Fl
     monkeypatch.setattr(registry, "card", counted)
     assert browser("nurse").get("/ui/ward", headers=HTML).status_code == 200
     assert sorted(read) == sorted(TASKS)  # the thresholds, once per request, however many places need them
+
+
+def test_the_ward_reads_the_risks_in_a_fixed_number_of_queries(browser: Callable[[str], FlaskClient],
+                                                              hospital: Hospital, store: Store) -> None:
+    """One query per task for the current risks and one for every sparkline, however many patients."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        page = browser("nurse").get("/ui/ward", headers=HTML)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+    assert page.status_code == 200 and _order(page.text, hospital) == ["a2", "a1"]
+    assert sum(1 for s in statements if "FROM predictions" in s) == len(TASKS) + 1
