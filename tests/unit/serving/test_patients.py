@@ -102,7 +102,9 @@ def test_risk_assessment_validates_against_fhir_r4b_model(client: FlaskClient, h
 
     response = client.get(f"/api/v1/patients/{hospital.uids['a1']}/risk-assessment",
                           headers=bearer(tokens["clinician"]))
-    Bundle.model_validate(response.json)
+    assert response.status_code == 200 and response.mimetype == "application/fhir+json"
+    bundle = Bundle.model_validate(response.json)
+    assert bundle.entry and bundle.entry[0].resource.__resource_type__ == "RiskAssessment"
 
 
 def test_imaging_lists_studies_and_hides_free_text_without_demographics(
