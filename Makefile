@@ -34,6 +34,10 @@ test: lint typecheck chromium ## Lint, type-check, then run the tests (SQLite an
 chromium: ## Debian's Chromium for the browser tests (installed once when missing; Playwright never downloads one)
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
 
+.PHONY: screenshots
+screenshots: $(STAMP) chromium ## Run the browser tests and write the user guide's screenshots to docs/images
+	CARECAST_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e
+
 .PHONY: verify
 verify: $(STAMP) chromium ## Reliability and security proofs: fault, load, attack, long fuzzing (issue 8; ~45 min)
 	CARECAST_VERIFY=1 $(BIN)/python -m pytest -q -p no:cacheprovider -s tests/verify

@@ -1,6 +1,6 @@
 """The monitoring page in a real browser, over the e2e site (a trained champion and a challenger, a small
 simulated hospital scored by the embedded worker): a data scientist sees every section, a clinician is refused.
-Writes docs/images/monitoring-1280.png."""
+Its screenshot goes where CARECAST_SCREENSHOTS says (make screenshots: docs/images)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The web UI in a real browser: sign in, the ward sorted by risk and updated live by a new reading, the
 patient view (risk chart, factors, alerts), break-glass, CSRF, idle logoff, audit log and CSV, the models,
-admin and population pages, and a nurse refused the admin page. Screenshots go to docs/images/."""
+admin and population pages, and a nurse refused the admin page.
+Screenshots: see conftest.py (`make screenshots` writes docs/images)."""
 
 from __future__ import annotations
 
