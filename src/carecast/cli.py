@@ -386,7 +386,8 @@ def benchmark_support2_cmd(seed: int, bootstrap: int) -> None:
     """180-day mortality on SUPPORT2 (9,105 patients) against the SUPPORT model's own estimate.
 
     Needs the optional extra `carecast[support2]` (the SurvSet package). The SUPPORT model estimates
-    (num_surv2m, num_surv6m), the physiology score and fac_sfdm2 are never features.
+    (num_surv2m, num_surv6m), num_aps, fac_sfdm2 and the post-entry DNR order are never features; the
+    day-3 SUPPORT physiology score is a feature and a baseline, like NEWS2 in the clinical tasks.
     """
     from carecast.models.tabular import benchmark_support2
 

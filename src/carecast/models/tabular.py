@@ -125,12 +125,13 @@ def train_table(path: Path, *, target: str, id_column: str, drop: Sequence[str] 
 
 # -- SUPPORT2 -------------------------------------------------------------------------------------------------
 
-# Never features: the SUPPORT model's own estimates (the baseline to beat), the physiology score (a
-# second baseline), fac_sfdm2 (derived from the outcome), follow-up time and event (the outcome), and
-# fac_dnr, whose level "dnr after sadm" records an order written after study entry (look-ahead; 84% of
-# those patients die): it is replaced by dnr_before_entry.
-SUPPORT2_NEVER_FEATURES = ("num_surv2m", "num_surv6m", "fac_sfdm2", "num_aps", "num_sps", "time", "event",
-                           "fac_dnr")
+# Never features: the SUPPORT model's own estimates (the baseline to beat), the APACHE III score (a named
+# comparator; not in this release), fac_sfdm2 (derived from the outcome), follow-up time and event (the
+# outcome), and fac_dnr, whose level "dnr after sadm" records an order written after study entry
+# (look-ahead; 84% of those patients die): it is replaced by dnr_before_entry.
+# The SUPPORT physiology score (num_sps, day 3, the same day as the other physiology columns) is a
+# clinical score like NEWS2 in the clinical tasks: a feature and, as `physiology_score`, a baseline.
+SUPPORT2_NEVER_FEATURES = ("num_surv2m", "num_surv6m", "fac_sfdm2", "num_aps", "time", "event", "fac_dnr")
 
 
 def support2_frame() -> pd.DataFrame:
