@@ -254,8 +254,8 @@ def _row_arrays(fast: FastModel, row: Mapping[str, object], fill_missing: bool) 
         absent = [name for name in fast.feature_names if name not in row]
         if absent:
             raise FeatureError(f"feature columns missing: {', '.join(absent[:10])}")
-    values = [row.get(name) for name in fast.numeric_names]
-    if all(type(v) in _PLAIN_NUMBERS for v in values):  # the common case, converted in one call
+    values = list(map(row.get, fast.numeric_names))
+    if set(map(type, values)) <= _PLAIN_NUMBERS:  # the common case, converted in one call
         numeric = np.array(values, dtype=np.float64)  # None -> NaN (missing)
         if np.isinf(numeric).any():
             numeric = np.array([_number(n, v) for n, v in zip(fast.numeric_names, values, strict=True)])

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any, Protocol
 
-from flask import Flask
-from flask.json.provider import DefaultJSONProvider
+import orjson
+from flask import Flask, Response
+from flask.json.provider import DefaultJSONProvider, JSONProvider
 
 from carecast.config import Settings
 from carecast.errors import ConfigError
@@ -61,16 +62,29 @@ class BackgroundWorker(Protocol):
 WorkerFactory = Callable[[Store, Any, Any, Any], BackgroundWorker]
 
 
-class _JSONProvider(DefaultJSONProvider):
-    """ISO 8601 times (Flask's default is RFC 822) and keys in the order the views build them."""
+def _json_default(o: Any) -> Any:
+    if isinstance(o, datetime | date):
+        return o.isoformat()
+    return DefaultJSONProvider.default(o)  # Decimal, UUID, dataclasses, __html__; TypeError for the rest
 
-    sort_keys = False
 
-    @staticmethod
-    def default(o: Any) -> Any:
-        if isinstance(o, datetime | date):
-            return o.isoformat()
-        return DefaultJSONProvider.default(o)
+class _JSONProvider(JSONProvider):
+    """Flask's JSON through orjson: ISO 8601 times (Flask's default is RFC 822), keys in the order the views
+    build them, NaN as null (never the invalid `NaN`), UTF-8 rather than escapes. orjson encodes in a fifth
+    of the standard library's time, which every answer of the API pays (benchmarks/serving.py)."""
+
+    _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj, default=_json_default, option=self._OPTIONS).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        body = orjson.dumps(self._prepare_response_obj(args, kwargs), default=_json_default,
+                            option=self._OPTIONS | orjson.OPT_APPEND_NEWLINE)
+        return Response(body, mimetype="application/json")
 
 
 def _default_predictor(registry: Registry) -> PredictorLike:

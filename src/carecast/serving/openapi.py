@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -144,19 +144,21 @@ def _is_type(value: Any, kind: str) -> bool:
 
 
 _SCALAR_KINDS = frozenset({"string", "number", "integer", "boolean", "null"})
-_scalar_checks: dict[int, tuple[Mapping[str, Any], Callable[[Any], bool] | None]] = {}
+_scalar_checks: dict[int, tuple[Mapping[str, Any], Callable[[Collection[Any]], bool] | None]] = {}
 
 
-def _scalar_check(schema: Mapping[str, Any]) -> Callable[[Any], bool] | None:
+def _scalar_check(schema: Mapping[str, Any]) -> Callable[[Collection[Any]], bool] | None:
     """For a schema that only names scalar types (e.g. a feature value: number, string, boolean or null),
-    one fast predicate; None for any other schema. A feature row has hundreds of members, each checked
-    against the same schema, so the walk of `validate` per member is worth skipping (cached per schema)."""
+    one fast predicate "every one of these values matches"; None for any other schema. A feature row has
+    hundreds of members, each checked against the same schema, so the walk of `validate` per member is
+    worth skipping (cached per schema): the values' exact types are gathered in one pass, and only floats
+    are looked at one by one (for infinity). False sends the caller to `validate`, which names the member."""
     cached = _scalar_checks.get(id(schema))
     if cached is not None and cached[0] is schema:
         return cached[1]
     kinds = schema.get("type")
     kinds_list = [kinds] if isinstance(kinds, str) else list(kinds or ())
-    check: Callable[[Any], bool] | None = None
+    check: Callable[[Collection[Any]], bool] | None = None
     if set(schema) == {"type"} and kinds_list and set(kinds_list) <= _SCALAR_KINDS:
         exact: set[type] = set()
         finite_numbers = "number" in kinds_list
@@ -169,16 +171,18 @@ def _scalar_check(schema: Mapping[str, Any]) -> Callable[[Any], bool] | None:
         if "integer" in kinds_list or finite_numbers:
             exact.add(int)
         frozen = frozenset(exact)
+        with_floats = frozen | {float} if finite_numbers else frozen
 
-        def scalar(value: Any) -> bool:
-            kind = type(value)
-            if kind in frozen:
+        def all_scalar(values: Collection[Any]) -> bool:
+            found = set(map(type, values))
+            if found <= frozen:
                 return True
-            if kind is float and finite_numbers:
-                return math.isfinite(value)
-            return any(_is_type(value, k) for k in kinds_list)  # subclasses: the general rule decides
+            if found <= with_floats:
+                return all(map(math.isfinite, [v for v in values if type(v) is float]))
+            # subclasses of the allowed types: the general rule decides, value by value
+            return all(any(_is_type(v, k) for k in kinds_list) for v in values)
 
-        check = scalar
+        check = all_scalar
     _scalar_checks[id(schema)] = (schema, check)
     return check
 
@@ -225,7 +229,7 @@ def validate(schema: Mapping[str, Any], value: Any, path: str = "", where: str =
         props: Mapping[str, Any] = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
         fast = _scalar_check(extra) if isinstance(extra, dict) and not props else None
-        if fast is not None and all(fast(item) for item in value.values()):
+        if fast is not None and fast(value.values()):
             return problems  # every member is of an allowed scalar type: nothing more to check
         for name, item in value.items():
             if name in props:

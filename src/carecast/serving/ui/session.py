@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, g, redirect, request, session, url_for
+from flask import Flask, Request, Response, g, redirect, request, session, url_for
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from carecast.config import Settings
 from carecast.errors import ConfigError
@@ -103,8 +104,20 @@ def secret_key(settings: Settings) -> str:
     return key
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, except that a request without the session cookie (every API call,
+    which authenticates with a bearer token) gets its empty session without building the signing
+    serializer first: Flask builds one per request, a noticeable share of a small API request's time."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def configure(app: Flask, settings: Settings) -> None:
     app.secret_key = secret_key(settings)
+    app.session_interface = CookieSessions()
     app.config.update(
         SESSION_COOKIE_NAME=COOKIE_NAME,
         SESSION_COOKIE_HTTPONLY=True,
@@ -270,5 +283,5 @@ def can(permission: Permission | str) -> bool:
 
 
 
-__all__ = ["Action", "UiAction", "can", "check_csrf", "configure", "csrf_token", "current_user", "page",
-           "remaining_seconds", "safe_next", "secret_key", "sign_in", "sign_out", "signed_in", "warn_seconds"]
+__all__ = ["Action", "CookieSessions", "UiAction", "can", "check_csrf", "configure", "csrf_token", "current_user",
+           "page", "remaining_seconds", "safe_next", "secret_key", "sign_in", "sign_out", "signed_in", "warn_seconds"]

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -16,7 +17,7 @@ from carecast.errors import ConfigError
 from carecast.security.permissions import Permission
 from carecast.serving import create_app
 from carecast.serving.auth import authentication_of, is_public, permission_of
-from carecast.serving.ui.session import SECRET_FILE, safe_next, secret_key
+from carecast.serving.ui.session import SECRET_FILE, CookieSessions, safe_next, secret_key
 from carecast.store import Store
 from tests.unit.serving.conftest import FakeBus, FakePredictor, FakeQueue, audit_count, audit_rows
 
@@ -64,6 +65,26 @@ def test_session_cookie_flags(client: FlaskClient, settings: Settings, store: St
     app = create_app(dev, store=store, predictor=FakePredictor(), queue=FakeQueue(), bus=FakeBus())
     cookie = app.test_client().get("/ui/login", headers=HTML).headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+
+
+def test_requests_without_the_session_cookie_skip_the_signing_serializer(
+        app: Flask, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[str] = []
+    real = CookieSessions.get_signing_serializer
+
+    def counted(self: CookieSessions, flask_app: Flask) -> Any:
+        built.append("serializer")
+        return real(self, flask_app)
+
+    monkeypatch.setattr(CookieSessions, "get_signing_serializer", counted)
+    api = app.test_client()
+    answer = api.get("/api/v1/patients", headers={"Authorization": f"Bearer {tokens['clinician']}"})
+    assert answer.status_code == 200 and built == []  # an API call: no cookie, nothing to verify or sign
+    browser = app.test_client()
+    assert sign_in(browser, "test-clinician").status_code == 302 and built  # a session is still signed ...
+    built.clear()
+    assert browser.get("/ui/ward?unit=Ward+A", headers=HTML).status_code == 200 and built  # ... and verified
+    assert app.test_client().get("/ui/ward?unit=Ward+A", headers=HTML).status_code == 302  # none: sign in
 
 
 def test_pages_carry_security_headers(client: FlaskClient) -> None:
