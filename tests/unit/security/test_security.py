@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -152,6 +155,69 @@ def test_concurrent_writers_keep_one_linear_chain(store: Store, group_commit: bo
     rows = log.rows(limit=100)
     assert sorted((r["username"], r["request_id"]) for r in rows) == sorted(
         (f"w{n}", str(i)) for n in range(4) for i in range(15))  # each exactly once
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_sqlite_appenders_of_one_host_take_turns(store: Store, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On SQLite, another process holding the host's audit lock makes an append wait for it (rather than
+    race on the head and retry), and appenders of one process never retry either."""
+    log = AuditLog(store.engine)
+    if backend != "sqlite":
+        assert log._host_lock is None  # PostgreSQL: the advisory lock serialises appenders
+        return
+    assert log._host_lock is not None and log._host_lock.path.endswith("carecast.db-audit.lock")
+    with subprocess.Popen([sys.executable, "-c", HOLD_LOCK, log._host_lock.path, "0.6"], stdout=subprocess.PIPE,
+                          text=True) as holder:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        log.record(action="patient:read", outcome="success", username="waited")
+        assert time.monotonic() - started > 0.3  # it waited for the other process to let go
+    retries: list[float] = []
+    monkeypatch.setattr("carecast.security.audit.time.sleep", retries.append)  # a retry's pause
+    others = [AuditLog(store.engine) for _ in range(3)]  # as if three processes
+    threads = [threading.Thread(target=lambda lg=lg: [lg.record(action="patient:read", outcome="success",
+                                                                username="t") for _ in range(20)])
+               for lg in others]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert retries == []
+    assert log.verify().ok and log.verify().rows == 61
+
+
+def test_group_commit_shares_transactions_between_concurrent_requests(store: Store,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    log = AuditLog(store.engine, group_commit=True)
+    commits: list[int] = []
+    real = log._append
+
+    def slow_commit(rows: list[dict[str, object]]) -> None:
+        commits.append(len(rows))
+        time.sleep(0.01)  # a commit that takes a while: requests arriving meanwhile wait for the next one
+        real(rows)
+
+    monkeypatch.setattr(log, "_append", slow_commit)
+    log.record(action="patient:read", outcome="success", username="alone")
+    assert commits == [1]  # a request alone commits its own row, at once
+    for _ in range(5):  # five times, eight requests at once, each recording its one row
+        start = threading.Barrier(8)
+        threads = [threading.Thread(target=lambda n=n, start=start: (start.wait(), log.record(
+            action="patient:read", outcome="success", username=f"t{n}"))) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sum(commits) == 41 and len(commits) <= 21  # 40 rows in at most half as many transactions
+    assert log.verify().ok and log.verify().rows == 41
 
 
 def test_group_commit_hands_a_failed_commit_to_the_request(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
