@@ -123,6 +123,11 @@ class DatabaseQueue:
         t, now = self._t, self.clock()
         until = now + timedelta(seconds=lease_s)
         claimable = and_(t.c.done_at.is_(None), or_(t.c.lease_until.is_(None), t.c.lease_until < now))
+        # An idle worker polls several times a second: a read finds the empty queue without a write
+        # transaction (on SQLite, each one would take the single write lock the API's audit commits need).
+        with self.engine.connect() as conn:
+            if conn.execute(select(t.c.id).where(claimable).limit(1)).first() is None:
+                return []
         candidates = select(t.c.id).where(claimable).order_by(t.c.enqueued_at, t.c.id).limit(limit)
         # One statement: the re-checked condition makes a row claimed by someone else in the meantime
         # drop out, and RETURNING names exactly the rows this worker leased.

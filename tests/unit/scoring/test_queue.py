@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import event
 
 from carecast.config import Settings
 from carecast.scoring.queue import DatabaseQueue, RedisQueue, ScoreQueue, backoff_s, make_queue
@@ -144,6 +145,28 @@ def test_database_queue_retries_after_backoff_and_purges(store: Store) -> None:
     assert q.purge(timedelta(hours=1)) == 0  # finished rows are kept a while
     now[0] += timedelta(hours=2)
     assert q.purge(timedelta(hours=1)) == 1
+
+
+def test_database_queue_polls_an_empty_queue_without_writing(store: Store) -> None:
+    q = DatabaseQueue(store.engine)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        (pid,) = make_patients(store, 1)
+        assert q.claim("w1", 10, 30) == []  # empty
+        q.enqueue([pid], T0)
+        (job,) = q.claim("w1", 10, 30)
+        assert q.claim("w2", 10, 30) == []  # all leased
+        q.complete([job.id])
+        assert q.claim("w2", 10, 30) == []  # all done
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+    writes = [s for s in statements if s in {"UPDATE", "INSERT", "DELETE", "WITH"}]
+    assert writes.count("UPDATE") + writes.count("WITH") == 2  # the one claim that found a job, the completion
 
 
 def test_make_queue(store: Store) -> None:
