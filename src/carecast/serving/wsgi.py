@@ -8,16 +8,20 @@ the graceful timeout instead of waiting for its open streams.
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
 import select
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 GRACEFUL_TIMEOUT_S = 10
 THREADS = 16  # request threads per worker: live streams (at most stream.MAX_STREAMS) and ordinary requests
@@ -94,7 +98,9 @@ def prepare_metrics_dir(path: Path) -> Path:
 
 
 def child_exit(_server: Any, worker: Any) -> None:
-    """In the master: a worker has exited; its live gauges leave the merged metrics."""
+    """In the master: a worker has exited; its live gauges leave the merged metrics and its place in the
+    connection table is free."""
+    BalancedThreadWorker.release_slot(worker.pid)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from carecast.monitoring.metrics import mark_process_dead
 
@@ -107,6 +113,110 @@ def worker_exit(_server: Any, worker: Any) -> None:
         from carecast.serving.app import shutdown
 
         shutdown(app)
+
+
+MAX_WORKERS_BALANCED = 64  # workers per host whose connections are balanced (more run unbalanced)
+DEFER_AT_MOST_S = 0.005  # how long a worker leaves a new connection to its less busy siblings, at most
+DEFER_PAUSE_S = 0.0002
+
+
+class BalancedThreadWorker(ThreadWorker):
+    """gunicorn's threaded worker, taking new connections in turn with its siblings.
+
+    Every worker waits on the one listening socket and the first to wake accepts. A client that opens
+    its keep-alive connections together (a load balancer, an EHR's pool, a load test) often has them all
+    taken by one worker, which then serves every request on one core while the other idles: measured with
+    8 connections on 2 workers, POST /api/v1/predict ran at 413 req/s with the connections split 8/0 and
+    635-675 req/s split 4/4 (benchmarks/serving.py, one machine). So each worker publishes its open
+    connections in memory shared by the master's children, and one that holds more than its least busy
+    live sibling leaves a new connection for DEFER_AT_MOST_S (a sibling that is booting, busy or gone
+    does not hold it up longer) before taking it anyway. With no sibling, or more than
+    MAX_WORKERS_BALANCED workers, it behaves as gunicorn's own."""
+
+    _pids: Any = None  # shared arrays, made in the master by `setup` and inherited by every forked worker
+    _conns: Any = None
+    _lock: Any = None
+
+    @classmethod
+    def setup(cls) -> None:
+        if cls._pids is None:
+            cls._pids = multiprocessing.RawArray(ctypes.c_int, MAX_WORKERS_BALANCED)
+            cls._conns = multiprocessing.RawArray(ctypes.c_int, MAX_WORKERS_BALANCED)
+            cls._lock = multiprocessing.Lock()
+
+    def init_process(self) -> None:
+        self._slot = self.claim_slot(os.getpid())
+        self._deferring_since: float | None = None
+        super().init_process()  # loads the app, then runs the loop until the worker stops
+
+    @classmethod
+    def claim_slot(cls, pid: int) -> int | None:
+        """This process's place in the shared table: a free one, or one whose process is gone."""
+        if cls._pids is None:
+            return None
+        with cls._lock:
+            for i in range(MAX_WORKERS_BALANCED):
+                if cls._pids[i] == 0 or not _alive(cls._pids[i]):
+                    cls._pids[i], cls._conns[i] = pid, 0
+                    return i
+        return None
+
+    @classmethod
+    def release_slot(cls, pid: int) -> None:
+        if cls._pids is None:
+            return
+        with cls._lock:
+            for i in range(MAX_WORKERS_BALANCED):
+                if cls._pids[i] == pid:
+                    cls._pids[i], cls._conns[i] = 0, 0
+
+    @classmethod
+    def least_busy_sibling(cls, slot: int) -> int | None:
+        """The fewest open connections of another worker (None when there is none)."""
+        least = None
+        for i in range(MAX_WORKERS_BALANCED):
+            if i != slot and cls._pids[i] != 0:
+                n = cls._conns[i]
+                least = n if least is None or n < least else least
+        return least
+
+    def should_defer(self, now: float) -> bool:
+        if self._slot is None or not self.alive:  # stopping: take what is queued (see _accept_backlog)
+            return False
+        least = self.least_busy_sibling(self._slot)
+        if least is None or self.nr_conns <= least:
+            self._deferring_since = None
+            return False
+        if self._deferring_since is None:
+            self._deferring_since = now
+        return now - self._deferring_since < DEFER_AT_MOST_S
+
+    def accept(self, listener: Any) -> None:
+        if self.should_defer(time.monotonic()):
+            time.sleep(DEFER_PAUSE_S)  # the connection stays queued; the loop comes back to it
+            return
+        self._deferring_since = None
+        super().accept(listener)
+        self._publish()
+
+    def notify(self) -> None:  # called on every turn of the worker's loop
+        super().notify()
+        self._publish()
+
+    def _publish(self) -> None:
+        slot = getattr(self, "_slot", None)
+        if slot is not None:
+            self._conns[slot] = self.nr_conns
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class CareCastServer(BaseApplication):
@@ -136,7 +246,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     CareCastServer({
-        "bind": f"{host}:{port}", "workers": workers or os.cpu_count() or 1, "worker_class": "gthread",
+        "bind": f"{host}:{port}", "workers": workers or os.cpu_count() or 1, "worker_class": BalancedThreadWorker,
         "threads": THREADS, "graceful_timeout": GRACEFUL_TIMEOUT_S, "timeout": 30, "accesslog": None,
         "preload_app": False, "post_worker_init": post_worker_init, "worker_int": worker_int,
         "worker_exit": worker_exit, "child_exit": child_exit,
