@@ -67,8 +67,12 @@ bench-training: $(STAMP) ## Training time at ~100,000 predictions, end to end (s
 	$(BIN)/python benchmarks/training.py
 
 .PHONY: bench-serving
-bench-serving: $(STAMP) ## Serving req/s, p50/p99: ceiling, predict, latest-risk GET, MLflow reference (~1.5 min)
+bench-serving: $(STAMP) wrk ## Serving req/s, p50/p99: ceiling, predict, latest-risk GET, MLflow reference (~1.5 min)
 	$(BIN)/python benchmarks/serving.py
+
+.PHONY: wrk
+wrk: # the HTTP load generator of bench-serving (Debian's, installed once when missing)
+	@command -v wrk >/dev/null 2>&1 || (apt-get update && apt-get install -y wrk)
 
 .PHONY: bench-realtime
 bench-realtime: $(STAMP) ## New reading to pushed risk p50/p99 at 200 readings/s: SQLite embedded, PostgreSQL+Redis (~3 min)

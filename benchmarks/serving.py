@@ -231,6 +231,18 @@ def _tail(log: Path, lines: int = 20) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def connection_split(port: int) -> list[int]:
+    """Established connections on `port` per server process, largest first (empty without `ss`)."""
+    if not shutil.which("ss"):
+        return []
+    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                         text=True, check=False).stdout
+    counts: dict[str, int] = {}
+    for pid in re.findall(r"pid=(\d+)", out):
+        counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
 # -- 3. load ------------------------------------------------------------------------------------------------
 
 def load(port: int, method: str, path: str, body: bytes | None, headers: Mapping[str, str], seconds: float,
@@ -412,8 +424,13 @@ def main() -> int:
             print(f"predict answers {_request(port, 'POST', '/api/v1/predict', predict_body, auth_json)}")
             print(f"latest-risk GET answers {_request(port, 'GET', read_path, None, auth_read)}")
             results["ceiling"] = load(port, "GET", "/livez", None, {}, args.duration, args.connections)
+            split: list[list[int]] = []
+            peek = threading.Timer(WARM_UP_S + min(2.0, args.duration / 2),
+                                   lambda: split.append(connection_split(port)))
+            peek.start()
             results["predict"] = load(port, "POST", "/api/v1/predict", predict_body, auth_json, args.duration,
                                       args.connections)
+            peek.join()
             results["latest"] = load(port, "GET", read_path, None, auth_read, args.duration, args.connections)
 
         mlflow: Load | None = None
@@ -450,6 +467,8 @@ def main() -> int:
         else:
             print(f"predict / MLflow req/s:      not measured (target >= {TARGET_VS_MLFLOW:g}x: UNKNOWN)")
         print("new reading to updated risk p99 (target <= 1 s at 200 readings/s): not measured by this benchmark")
+        if split and split[0]:
+            print(f"predict's connections per server worker (ss, mid-run): {'/'.join(map(str, split[0]))}")
         print(f"{os.cpu_count()} CPUs shared by servers and client; load average over the last minute: "
               f"{os.getloadavg()[0]:.2f}")
     finally:
