@@ -117,7 +117,7 @@ def process_jobs(store: Store, predictor: Predictor, queue: ScoreQueue, bus: Eve
 
 
 def run_worker(store: Store, predictor: Predictor, queue: ScoreQueue, bus: EventBus | None, *,
-               worker_id: str | None = None, batch: int = 50, lease_s: float = 30.0, poll_s: float = 0.2,
+               worker_id: str | None = None, batch: int = 50, lease_s: float = 30.0, poll_s: float = 0.1,
                stop: threading.Event, max_jobs: int | None = None, exit_when_idle: bool = False,
                shadow_challenger: bool = False) -> WorkerStats:
     """Loop until `stop` is set (or `max_jobs` jobs were handled, or, with `exit_when_idle`, the queue

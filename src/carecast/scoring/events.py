@@ -313,7 +313,7 @@ class DatabaseBus:
     is not announced; readers of the table see it.
     """
 
-    def __init__(self, engine: Engine, *, poll_s: float = 0.25, batch: int = 500, gap_wait_s: float = 10.0,
+    def __init__(self, engine: Engine, *, poll_s: float = 0.1, batch: int = 500, gap_wait_s: float = 10.0,
                  max_gaps: int = 1000) -> None:
         self.engine = engine
         self.poll_s = poll_s
