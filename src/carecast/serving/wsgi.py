@@ -9,6 +9,7 @@ the graceful timeout instead of waiting for its open streams.
 from __future__ import annotations
 
 import ctypes
+import gc
 import multiprocessing
 import os
 import select
@@ -36,8 +37,16 @@ def _app_of(worker: Any) -> Any:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Chain the worker's SIGTERM handler: end the app's live streams first (they would hold the graceful
-    stop for its whole timeout), then let gunicorn stop as usual."""
+    """Once the worker's app is loaded: freeze what is loaded out of the garbage collector's way, and chain
+    the worker's SIGTERM handler: end the app's live streams first (they would hold the graceful stop for
+    its whole timeout), then let gunicorn stop as usual.
+
+    An app with its models, pandas and scikit-learn holds about 260,000 objects that live as long as the
+    worker; each full collection walked all of them, stopping every request thread for 50-230 ms (timed
+    with `gc.collect(2)` after `app_from_env()`). `gc.freeze` moves them to a generation the collector
+    never scans; what requests create is collected as before."""
+    gc.collect()
+    gc.freeze()
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: Any) -> None:

@@ -25,6 +25,7 @@ from carecast.serving.wsgi import serve
 def make():
     app = Flask("tiny")
     app.get("/")(lambda: "ok")
+    app.add_url_rule("/frozen", "frozen", lambda: str(__import__("gc").get_freeze_count()))
     return app
 
 serve(port=int(sys.argv[1]), workers=2, app_factory=make)
@@ -112,6 +113,17 @@ def test_keep_alive_connections_opened_together_are_shared_between_workers(serve
         time.sleep(0.5)  # the workers see the closes
     # 8 connections on 2 workers: 4/4 or 3/5 each time (gunicorn's own worker often gave 8/0 or 7/1)
     assert all(sum(s) == 8 and s[1] - s[0] <= 2 for s in splits), splits
+
+
+def test_workers_freeze_what_they_loaded_out_of_the_collectors_way(server: tuple[int, list[int]]) -> None:
+    port, _ = server
+    for _ in range(4):  # either worker
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /frozen HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        assert int(answer.rsplit(b"\r\n\r\n", 1)[1]) > 10_000  # flask, gunicorn and carecast's modules
 
 
 class _Worker(BalancedThreadWorker):
