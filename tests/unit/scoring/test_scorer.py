@@ -92,6 +92,9 @@ def test_trajectory_and_the_newest_model_wins(hospital: Store, predictor: Predic
     assert [p.id for p in risk_trajectory(hospital.engine, pid, TASK, since=now.data_time)] == [newer.id]
     assert latest_predictions(hospital.engine, pid)[TASK].id == newer.id
     assert current_risks(hospital.engine, TASK)[pid].id == newer.id
+    assert set(current_risks(hospital.engine, TASK, [pid])) == {pid}  # the same statement, reused with other values
+    assert current_risks(hospital.engine, TASK, []) == {} and current_risks(hospital.engine, "no_such_task") == {}
+    assert latest_predictions(hospital.engine, patient_ids(hospital)[3]) == {}  # not scored
 
     # several patients in one query, each in its own window: the same points as one by one
     other = patient_ids(hospital)[2]
