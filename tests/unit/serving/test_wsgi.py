@@ -96,10 +96,13 @@ def _answers(port: int) -> bool:
         return False
 
 
+ROUNDS = 10
+
+
 def test_keep_alive_connections_opened_together_are_shared_between_workers(server: tuple[int, list[int]]) -> None:
     port, workers = server
     splits = []
-    for _ in range(5):
+    for _ in range(ROUNDS):
         clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
         try:
             for c in clients:
@@ -111,9 +114,11 @@ def test_keep_alive_connections_opened_together_are_shared_between_workers(serve
             for c in clients:
                 c.close()
         time.sleep(0.5)  # the workers see the closes
-    # 8 connections on 2 workers: 4/4, 3/5 or at worst 2/6 each time, never 1/7 or 8/0, which gunicorn's own
-    # worker gave in about 3 rounds of 5 (a worker busy past the 5 ms deferral can still leave it at 2/6)
+    # 8 connections on 2 workers: never 1/7 or 8/0 and nearly always 4/4 or 3/5 (a worker busy past the 5 ms
+    # deferral can leave 2/6). gunicorn's own worker gave, in two runs of 10 rounds, 1/7 or 0/8 seven times
+    # and 4/4 or 3/5 seven times; this one 4/4 twenty times.
     assert all(sum(s) == 8 and s[1] - s[0] <= 4 for s in splits), splits
+    assert sum(s[1] - s[0] <= 2 for s in splits) >= ROUNDS - 2, splits
 
 
 def test_workers_freeze_what_they_loaded_out_of_the_collectors_way(server: tuple[int, list[int]]) -> None:
