@@ -127,6 +127,7 @@ def worker_exit(_server: Any, worker: Any) -> None:
 MAX_WORKERS_BALANCED = 64  # workers per host whose connections are balanced (more run unbalanced)
 DEFER_AT_MOST_S = 0.005  # how long a worker leaves a new connection to its less busy siblings, at most
 DEFER_PAUSE_S = 0.0002
+LOCK_WAIT_S = 1.0
 
 
 class BalancedThreadWorker(ThreadWorker):
@@ -160,24 +161,34 @@ class BalancedThreadWorker(ThreadWorker):
 
     @classmethod
     def claim_slot(cls, pid: int) -> int | None:
-        """This process's place in the shared table: a free one, or one whose process is gone."""
-        if cls._pids is None:
+        """This process's place in the shared table: a free one, or one whose process is gone. None (no
+        balancing) when the table is full or its lock is not free within a second (a process killed while
+        holding it)."""
+        if cls._pids is None or not cls._lock.acquire(timeout=LOCK_WAIT_S):
             return None
-        with cls._lock:
+        try:
             for i in range(MAX_WORKERS_BALANCED):
                 if cls._pids[i] == 0 or not _alive(cls._pids[i]):
                     cls._pids[i], cls._conns[i] = pid, 0
                     return i
-        return None
+            return None
+        finally:
+            cls._lock.release()
 
     @classmethod
     def release_slot(cls, pid: int) -> None:
+        """Free the place of `pid` (run by the master when it reaps a worker: it must never hang here, so
+        without the lock after a second; clearing one's own place races with nobody)."""
         if cls._pids is None:
             return
-        with cls._lock:
+        locked = cls._lock.acquire(timeout=LOCK_WAIT_S)
+        try:
             for i in range(MAX_WORKERS_BALANCED):
                 if cls._pids[i] == pid:
                     cls._pids[i], cls._conns[i] = 0, 0
+        finally:
+            if locked:
+                cls._lock.release()
 
     @classmethod
     def least_busy_sibling(cls, slot: int) -> int | None:

@@ -171,6 +171,13 @@ def test_a_busier_worker_leaves_new_connections_to_its_sibling_for_a_moment(monk
         assert _Worker(4_000_000 + os.getpid() % 1000)._slot == other._slot  # a dead worker's place is reused
         BalancedThreadWorker.release_slot(os.getpid())
         assert os.getpid() not in list(BalancedThreadWorker._pids)
+        # a process killed while holding the table's lock: no new place (no balancing), and the master
+        # still frees places rather than hang
+        monkeypatch.setattr(wsgi, "LOCK_WAIT_S", 0.05)
+        BalancedThreadWorker._lock.acquire()
+        assert BalancedThreadWorker.claim_slot(os.getpid()) is None
+        BalancedThreadWorker.release_slot(other_pid := int(BalancedThreadWorker._pids[other._slot]))
+        assert other_pid not in list(BalancedThreadWorker._pids)
     finally:
         sibling.kill()
         sibling.wait()
