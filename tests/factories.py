@@ -1,8 +1,11 @@
-"""Synthetic FHIR R4 resources for tests (no real patient data anywhere)."""
+"""Synthetic FHIR R4 resources and DICOM datasets for tests (no real patient data anywhere)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 SECRET_IDENTIFIERS = {
     "family": "Zyxwvutson", "given": "Quillamena", "mrn": "MRN-7731-QX", "ssn": "987-65-4329",
@@ -98,3 +101,40 @@ def bundle(resources: list[dict[str, Any]], btype: str = "transaction", *, urn: 
             entry["request"] = {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}
         entries.append(entry)
     return {"resourceType": "Bundle", "type": btype, "entry": entries}
+
+
+def dicom_dataset(*, filename: str = "synthetic.dcm", patient_id: str | None = "SYN-0001",
+                  study_uid: str | None = "2.25.100", series_uid: str = "2.25.100.1", sop_uid: str = "2.25.100.1.1",
+                  modality: str = "CT", transfer_syntax: str = ExplicitVRLittleEndian, pixels: bool = True,
+                  **tags: Any) -> FileDataset:
+    """A small synthetic DICOM Part 10 dataset (not written): file meta, study/series/instance tags, `tags` set
+    last (they may replace any of these), and a 2x2 16-bit frame when `pixels`. A None uid or patient id is
+    left out."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = tags.get("SOPClassUID", CTImageStorage)
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = FileDataset(filename, Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = series_uid
+    if study_uid is not None:
+        ds.StudyInstanceUID = study_uid
+    if patient_id is not None:
+        ds.PatientID = patient_id
+    ds.Modality = modality
+    ds.StudyDate = "20250203"
+    ds.StudyTime = "081530"
+    ds.SeriesNumber = 2
+    ds.BodyPartExamined = "CHEST"
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    if pixels:
+        ds.Rows = ds.Columns = 2
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.PixelData = b"\x01\x00" * 4
+    return ds

@@ -17,9 +17,9 @@ from hypothesis import reject
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 from pydicom import config as dicom_config
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from carecast.domain import variables as V
 from tests import factories as F
@@ -196,35 +196,10 @@ READINGS: SearchStrategy[bytes] = lines(READING_LINE, max_size=8)
 # -- DICOM ------------------------------------------------------------------------------------------------------
 
 def _dataset(transfer_syntax: str, tags: dict[str, Any], pixels: bool) -> FileDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = "2.25.7.1.1"
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = FileDataset("fuzz.dcm", Dataset(), file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = "2.25.7.1.1"
-    ds.StudyInstanceUID = "2.25.7"
-    ds.SeriesInstanceUID = "2.25.7.1"
-    ds.PatientID = "SYN-FUZZ-1"
-    ds.PatientName = MARKER
-    ds.Modality = "CT"
-    ds.StudyDate = "20250203"
-    ds.StudyTime = "081530"
-    ds.TimezoneOffsetFromUTC = "+0100"
-    ds.AccessionNumber = "ACC-FUZZ"
-    ds.SeriesNumber = 2
-    ds.BodyPartExamined = "CHEST"
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    if pixels:
-        ds.Rows = ds.Columns = 2
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.PixelData = b"\x01\x00" * 4
-    return ds
+    return F.dicom_dataset(filename="fuzz.dcm", patient_id="SYN-FUZZ-1", study_uid="2.25.7", series_uid="2.25.7.1",
+                           sop_uid="2.25.7.1.1", transfer_syntax=transfer_syntax, pixels=pixels,
+                           **{"PatientName": MARKER, "TimezoneOffsetFromUTC": "+0100", "AccessionNumber": "ACC-FUZZ",
+                              **tags})
 
 
 def _sr_tags() -> dict[str, Any]:

@@ -13,14 +13,14 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from tests import factories as F
 
 from carecast.domain.records import (
     DiagnosticReportRecord,
@@ -81,38 +81,10 @@ def write_dicom(path: Path, *, patient_id: str | None = "SYN-0001", study_uid: s
 
 def _write_dicom(path: Path, patient_id: str | None, study_uid: str | None, series_uid: str, sop_uid: str,
                  modality: str, transfer_syntax: str, pixels: bool, tags: dict[str, Any]) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = tags.get("SOPClassUID", CTImageStorage)
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = FileDataset(str(path), Dataset(), file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = sop_uid
-    ds.SeriesInstanceUID = series_uid
-    if study_uid is not None:
-        ds.StudyInstanceUID = study_uid
-    if patient_id is not None:
-        ds.PatientID = patient_id
-    ds.Modality = modality
-    ds.StudyDate = "20250203"
-    ds.StudyTime = "081530"
-    ds.AccessionNumber = "ACC-SYN-1"
-    ds.StudyDescription = "CT chest"
-    ds.SeriesDescription = "Axial 5mm"
-    ds.SeriesNumber = 2
-    ds.BodyPartExamined = "CHEST"
-    for keyword, value in SECRETS.items():
-        setattr(ds, keyword, value)
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    if pixels:
-        ds.Rows = ds.Columns = 2
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.PixelData = b"\x01\x00" * 4
+    ds = F.dicom_dataset(filename=str(path), patient_id=patient_id, study_uid=study_uid, series_uid=series_uid,
+                         sop_uid=sop_uid, modality=modality, transfer_syntax=transfer_syntax, pixels=pixels,
+                         **{"AccessionNumber": "ACC-SYN-1", "StudyDescription": "CT chest",
+                            "SeriesDescription": "Axial 5mm", **SECRETS, **tags})
     ds.save_as(path, enforce_file_format=True)
     return path
 
