@@ -867,7 +867,7 @@ def audit_verify() -> None:
 
     store = _open_store()
     try:
-        check = AuditLog(store.engine).verify()
+        check = AuditLog.for_store(store.engine).verify()
     finally:
         store.close()
     if check.ok:
@@ -887,7 +887,7 @@ def audit_export(limit: int, fhir: bool) -> None:
 
     store = _open_store()
     try:
-        rows = AuditLog(store.engine).rows(limit=limit)
+        rows = AuditLog.for_store(store.engine).rows(limit=limit)
     finally:
         store.close()
     if fhir:

@@ -17,6 +17,7 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
 from carecast.config import Settings
+from carecast.security.audit import flush_spools
 from carecast.security.users import create_user
 from carecast.serving import create_app
 from carecast.serving.app import shutdown
@@ -120,6 +121,7 @@ def test_out_of_unit_patient_requires_break_glass(page: Page, site: Site,
     page.get_by_label("Reason (at least 10 characters)").fill("rapid response call on the other ward")
     page.get_by_role("button", name="Open the record (emergency access)").click()
     expect(page.locator("#vitals-h")).to_be_visible()
+    flush_spools(site.store.engine)
     with site.store.engine.connect() as conn:
         actions = conn.execute(select(S.AuditEvent.action).where(S.AuditEvent.patient_uid == uid)).scalars().all()
     assert "auth:denied" in actions and "patient:break-glass" in actions and actions[-1] == "patient:read"
@@ -195,6 +197,7 @@ def test_idle_session_warns_then_signs_out(browser: Browser, tmp_path_factory: p
         expect(page.get_by_role("status")).to_contain_text("signed out after a period without activity")
         answer = page.goto(f"{base}/ui/ward")
         assert answer is not None and "/ui/login" in page.url
+        flush_spools(store.engine)
         with store.engine.connect() as conn:
             actions = conn.execute(select(S.AuditEvent.action)).scalars().all()
         assert "auth:logoff-idle" in actions

@@ -4,27 +4,50 @@ Each row's hash is SHA-256 over the previous row's hash and this row's fields, s
 or reordering any row breaks `verify()` from that row on. `prev_hash` is UNIQUE in the table: two
 writers that read the same head cannot both commit, so the chain stays linear across processes and
 hosts on any backend (the loser retries on the new head). Rows hold tags and ids, never patient values.
+
+A server process on a SQLite file spools its rows (`AuditLog(..., spool_dir=spool_dir_for(engine))`):
+`record` writes the row as one line to the process's own spool file and returns; a background thread
+moves the spooled rows into the table every `SHIP_INTERVAL_S`, chaining them in one transaction that
+also records how far the file has been shipped (table `audit_spool`), so each row lands exactly once.
+A spooled row is as durable as a committed SQLite row: SQLite in WAL mode with synchronous=NORMAL does
+not fsync at commit either, so both survive the process being killed (the kernel holds the bytes) and
+both may be lost with the host's power. If the process dies, its spool is shipped by the next process
+of the host that records or flushes (a spool's process holds an flock on it while it lives). Why: a
+request that commits its own row serialises every process of the host on the file's write lock; under
+8 connections the audit commit halved `POST /api/v1/predict`'s throughput (benchmarks/serving.py).
+On a server database (PostgreSQL) rows are committed before `record` returns: its commit is durable
+beyond this host, which a local spool file would not be.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
+import secrets
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, text
+import orjson
+from sqlalchemy import Engine, bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from carecast.errors import StoreUnavailableError
 from carecast.security.permissions import Principal
 from carecast.store import schema as S
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 _LOCK_KEY = 0x43434155  # "CCAU": the advisory lock of the audit trail on PostgreSQL
@@ -36,6 +59,19 @@ _TABLE = S.table(S.AuditEvent)
 _HEAD = select(_TABLE.c.hash).order_by(_TABLE.c.id.desc()).limit(1)
 _APPEND = insert(_TABLE)
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_SPOOL = S.table(S.AuditSpool)
+_SPOOL_MOVE = update(_SPOOL).where(_SPOOL.c.name == bindparam("spool")).values(shipped=bindparam("upto"))
+_SPOOL_START = insert(_SPOOL).values(name=bindparam("spool"), shipped=bindparam("upto"))
+_SPOOL_SHIPPED = select(_SPOOL.c.shipped).where(_SPOOL.c.name == bindparam("spool"))
+_SPOOL_FORGET = delete(_SPOOL).where(_SPOOL.c.name == bindparam("spool"))
+
+SPOOL_SUFFIX = ".spool"
+SHIP_INTERVAL_S = 0.05  # how long a spooled row waits, at most, before its shipment starts
+SHIP_MAX_ROWS = 2000  # rows per shipment transaction
+SPOOL_ROTATE_BYTES = 8 * 1024 * 1024  # a fully shipped spool file larger than this is replaced by a new one
+SPOOL_MAX_UNSHIPPED = 100_000  # beyond this (the database down for long), `record` refuses: 503
+_SHIPPER_IDLE_S = 2.0  # a shipper thread with nothing to ship for this long ends (the next record starts one)
+_RECOVER_EVERY_S = 10.0  # how often an active process looks for spools left by dead processes
 
 
 def _digest(prev_hash: str, row: dict[str, Any]) -> str:
@@ -101,25 +137,121 @@ def _host_lock(engine: Engine) -> _HostLock | None:
     return _HostLock(database + "-audit.lock")
 
 
+def spool_dir_for(engine: Engine) -> Path | None:
+    """Where a server process spools its audit rows: a directory beside a SQLite file. None for a server
+    database (rows are committed before `record` returns) or an in-memory SQLite one."""
+    lock = _host_lock(engine)
+    return None if lock is None else Path(lock.path[: -len("-audit.lock")] + "-audit-spool")
+
+
+def _spool_line(row: dict[str, Any]) -> bytes:
+    return orjson.dumps({**row, "at": row["at"].isoformat()}) + b"\n"
+
+
+def _spooled_row(line: bytes) -> dict[str, Any]:
+    """A row back from its spool line; ValueError if the line is not one `_spool_line` wrote."""
+    data = orjson.loads(line)
+    if not isinstance(data, dict) or set(data) != set(_FIELDS):
+        raise ValueError("not an audit row")
+    at = datetime.fromisoformat(data["at"])
+    if at.tzinfo is None:
+        raise ValueError("audit row time without a time zone")
+    return {**data, "at": at.astimezone(UTC)}
+
+
+class _SpoolFile:
+    """One process's spool: a file open for appending, flock-ed for as long as the process holds it open,
+    so that another process can tell it from the spool of a process that died. It is created under a
+    temporary name and renamed once locked: a scan never sees it unlocked while its process lives."""
+
+    def __init__(self, directory: Path) -> None:
+        import fcntl
+
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.pid = os.getpid()
+        self.name = f"{socket.gethostname()[:40]}-{self.pid}-{secrets.token_hex(6)}{SPOOL_SUFFIX}"
+        self.path = directory / self.name
+        temporary = directory / (self.name + ".new")
+        self.fd = os.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(temporary, self.path)
+        self.size = 0
+
+    def write(self, line: bytes) -> int:
+        """Append one line; the file's size after it. A short write (disk full) is undone and raised."""
+        written = os.write(self.fd, line)
+        if written != len(line):
+            os.ftruncate(self.fd, self.size)
+            raise OSError("short write to the audit spool")
+        self.size += written
+        return self.size
+
+    def close(self) -> None:
+        """Close the file (and so let go of its lock); once only, as the descriptor's number is reused."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0 and self.pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+_SPOOLING: weakref.WeakSet[AuditLog] = weakref.WeakSet()
+
+
+def flush_spools(engine: Engine | None = None) -> None:
+    """Ship what every spooling audit log of this process (on `engine`, if given) holds, for a reader that
+    needs every row of this process in the table now."""
+    for audit in list(_SPOOLING):
+        if engine is None or audit.engine is engine:
+            audit.flush()
+
+
+@atexit.register
+def _ship_at_exit() -> None:
+    for audit in list(_SPOOLING):
+        try:
+            audit.close()
+        except Exception:  # the database may be gone: the spool stays and the next process ships it
+            log.warning("audit spool left for the next process of this host to ship")
+
+
 class AuditLog:
-    """The audit trail of one process. With `group_commit` (what the API uses), the rows of concurrent
+    """The audit trail of one process.
+
+    With `spool_dir` (a server process on a SQLite file, see the module's docstring), `record` writes the
+    row to this process's spool file and a background thread ships spooled rows into the table.
+
+    Otherwise, with `group_commit` (what the API uses on a server database), the rows of concurrent
     requests are appended together: each `record` still returns only once its own row is committed (or
     raises what stopped it), but requests that arrive while a commit is running share the next one, so
-    one head read and one transaction serve several rows.
-
-    The commit is made by a request's own thread (the leader: whoever takes the commit lock and finds its
-    row still waiting commits every waiting row), so a request alone pays no hand-over to another thread;
-    the others find their row done when they get the lock. Without `group_commit`, each `record` is its
-    own transaction.
+    one head read and one transaction serve several rows. The commit is made by a request's own thread
+    (the leader: whoever takes the commit lock and finds its row still waiting commits every waiting row),
+    so a request alone pays no hand-over to another thread. Without either, each `record` is its own
+    transaction.
     """
 
-    def __init__(self, engine: Engine, *, group_commit: bool = False) -> None:
+    def __init__(self, engine: Engine, *, group_commit: bool = False, spool_dir: Path | None = None) -> None:
         self.engine = engine
         self.group_commit = group_commit
+        self.spool_dir = spool_dir
         self._host_lock = _host_lock(engine)
         self._waiting: list[_Pending] = []
         self._queue_lock = threading.Lock()  # guards _waiting, held for a list operation only
         self._commit_lock = threading.Lock()  # one commit of this process at a time
+        # spooling: rows written to a spool and not yet shipped, each with its spool and the spool's size after it
+        self._spool: _SpoolFile | None = None
+        self._unshipped: list[tuple[dict[str, Any], _SpoolFile, int]] = []
+        self._spool_lock = threading.Lock()  # guards _spool, _unshipped and _shipper; held briefly
+        self._ship_lock = threading.Lock()  # one shipment of this log at a time
+        self._shipper: threading.Thread | None = None
+        self._closed = False
+        self._recovered_at = float("-inf")
+        if spool_dir is not None:
+            _SPOOLING.add(self)
+
+    @classmethod
+    def for_store(cls, engine: Engine) -> AuditLog:
+        """The log a server process (and the command line) uses: spooled on a SQLite file, else group commit."""
+        return cls(engine, group_commit=True, spool_dir=spool_dir_for(engine))
 
     def record(self, *, action: str, outcome: str, principal: Principal | None = None, patient_uid: str | None = None,
                source_ip: str | None = None, request_id: str | None = None, detail: str | None = None,
@@ -134,9 +266,14 @@ class AuditLog:
             "source_ip": (source_ip or "")[:64] or None, "request_id": (request_id or "")[:64] or None,
             "detail": (detail or "")[:255] or None,
         }
-        if not self.group_commit:
+        if self.spool_dir is not None:
+            self._spool_row(row)
+        elif self.group_commit:
+            self._record_grouped(row)
+        else:
             self._append([row])
-            return
+
+    def _record_grouped(self, row: dict[str, Any]) -> None:
         pending = _Pending(row)
         with self._queue_lock:
             self._waiting.append(pending)
@@ -155,28 +292,213 @@ class AuditLog:
         if pending.error is not None:
             raise pending.error
 
-    def _append(self, rows: list[dict[str, Any]]) -> None:
-        """Append rows in order, chained onto the current head, in one transaction."""
+    # -- spooling -------------------------------------------------------------------------------------------
+
+    def _spool_row(self, row: dict[str, Any]) -> None:
+        line = _spool_line(row)
+        with self._spool_lock:
+            if len(self._unshipped) >= SPOOL_MAX_UNSHIPPED:
+                raise StoreUnavailableError("the audit trail is not being stored; retry shortly")
+            try:
+                spool = self._own_spool()
+                size = spool.write(line)
+            except OSError:
+                log.error("audit spool cannot be written in %s", self.spool_dir)
+                raise StoreUnavailableError("the audit trail cannot be written; retry shortly") from None
+            self._unshipped.append((row, spool, size))
+            if self._shipper is None:
+                self._shipper = threading.Thread(target=self._ship_loop, name="carecast-audit-shipper", daemon=True)
+                self._shipper.start()
+
+    def _own_spool(self) -> _SpoolFile:
+        """This process's spool (under _spool_lock), opened on first use and anew in a forked child, whose
+        parent ships what it spooled itself."""
+        if self._spool is None or self._spool.pid != os.getpid():
+            if self._spool is not None:  # inherited across fork: the parent's file, rows and thread
+                self._unshipped = []
+                self._shipper = None
+            assert self.spool_dir is not None
+            self._spool = _SpoolFile(self.spool_dir)
+            # a log dropped without close() lets go of its spool's lock, so that another process removes it
+            weakref.finalize(self, self._spool.close)
+        return self._spool
+
+    def _ship_loop(self) -> None:
+        idle_since = time.monotonic()
+        while True:
+            time.sleep(SHIP_INTERVAL_S)
+            try:
+                shipped = self._ship_all()
+                if time.monotonic() - self._recovered_at >= _RECOVER_EVERY_S:
+                    self._recover()
+            except Exception as exc:  # the database is down: the rows stay spooled, tried again next round
+                log.warning("audit rows not shipped yet (%s); retrying", type(exc).__name__)
+                shipped = 0
+            now = time.monotonic()
+            if shipped:
+                idle_since = now
+            elif now - idle_since >= _SHIPPER_IDLE_S:
+                with self._spool_lock:
+                    if not self._unshipped or self._closed:
+                        self._shipper = None
+                        return
+
+    def _ship_all(self) -> int:
+        """Ship every row spooled so far; how many."""
+        total = 0
+        while True:
+            n = self._ship_some()
+            if not n:
+                return total
+            total += n
+
+    def _ship_some(self) -> int:
+        """Ship the oldest spooled rows of one spool file (up to SHIP_MAX_ROWS) in one transaction that also
+        moves the file's shipped mark; then replace a large, fully shipped file by a new one."""
+        with self._ship_lock:
+            with self._spool_lock:
+                if not self._unshipped:
+                    return 0
+                spool = self._unshipped[0][1]
+                batch = []
+                for entry in self._unshipped[:SHIP_MAX_ROWS]:
+                    if entry[1] is not spool:
+                        break
+                    batch.append(entry)
+            self._append([row for row, _, _ in batch], spool=(spool.name, batch[-1][2]))
+            with self._spool_lock:
+                del self._unshipped[: len(batch)]
+                retire = spool.size >= SPOOL_ROTATE_BYTES and spool is self._spool and not self._unshipped
+                if retire:
+                    self._spool = None  # the next record opens a new spool
+            if retire:
+                self._retire(spool)
+            return len(batch)
+
+    def _retire(self, spool: _SpoolFile) -> None:
+        """Remove a fully shipped spool: the file first, then its mark (a file without its mark would be
+        shipped again; a mark without its file is only clutter, which `_recover` clears)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(spool.path)
+        spool.close()
+        with self.engine.begin() as conn:
+            conn.execute(_SPOOL_FORGET, {"spool": spool.name})
+
+    def _recover(self) -> int:
+        """Ship the spools of this host's processes that died before shipping them; how many rows."""
+        import fcntl
+
+        self._recovered_at = time.monotonic()
+        if self.spool_dir is None or not self.spool_dir.is_dir():
+            return 0
+        total = 0
+        own = self._spool.name if self._spool is not None else None
+        for path in sorted(self.spool_dir.glob("*" + SPOOL_SUFFIX)):
+            if path.name == own:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its process is alive (or another process is recovering it)
+                if os.fstat(fd).st_nlink == 0:
+                    continue  # recovered and removed by another process since we opened it
+                total += self._ship_orphan(path, fd)
+            finally:
+                os.close(fd)
+        with self.engine.begin() as conn:  # marks left by a process that died between removing file and mark
+            for name in conn.execute(select(_SPOOL.c.name)).scalars().all():
+                if not (self.spool_dir / name).exists():
+                    conn.execute(_SPOOL_FORGET, {"spool": name})
+        return total
+
+    def _ship_orphan(self, path: Path, fd: int) -> int:
+        with self.engine.connect() as conn:
+            upto = int(conn.execute(_SPOOL_SHIPPED, {"spool": path.name}).scalar() or 0)
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size - upto, upto) if size > upto else b""
+        # a last line without its newline was never completed: its record() failed and its request was refused
+        lines = data.split(b"\n")[:-1]
+        shipped, rows, skipped = 0, [], 0
+        for i, line in enumerate(lines, 1):
+            upto += len(line) + 1
+            try:
+                rows.append(_spooled_row(line))
+            except ValueError:
+                skipped += 1
+            if len(rows) >= SHIP_MAX_ROWS or i == len(lines):
+                self._append(rows, spool=(path.name, upto))
+                shipped += len(rows)
+                rows = []
+        if skipped:
+            log.error("audit spool %s: %d unreadable lines skipped", path.name, skipped)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        with self.engine.begin() as conn:
+            conn.execute(_SPOOL_FORGET, {"spool": path.name})
+        if shipped:
+            log.info("audit spool %s of a stopped process: %d rows shipped", path.name, shipped)
+        return shipped
+
+    def flush(self) -> None:
+        """Ship every row this process has spooled, and the spools of dead processes; no-op unless spooling."""
+        if self.spool_dir is None:
+            return
+        self._ship_all()
+        self._recover()
+
+    def close(self) -> None:
+        """Ship everything and remove this process's spool (at exit)."""
+        if self.spool_dir is None or self._closed:
+            return
+        if not self.spool_dir.is_dir():  # removed with its database (a test's temporary directory)
+            self._closed = True
+            if self._spool is not None:
+                self._spool.close()
+            _SPOOLING.discard(self)
+            return
+        self._ship_all()
+        with self._spool_lock:
+            spool, self._spool = self._spool, None
+            self._closed = True
+        if spool is not None and spool.pid == os.getpid():
+            self._retire(spool)
+        _SPOOLING.discard(self)
+
+    # -- the table ------------------------------------------------------------------------------------------
+
+    def _append(self, rows: list[dict[str, Any]], spool: tuple[str, int] | None = None) -> None:
+        """Append rows in order, chained onto the current head, in one transaction; with `spool`
+        (name, bytes), the same transaction records that spool as shipped up to there."""
         if self._host_lock is None:
-            self._append_retrying(rows)
+            self._append_retrying(rows, spool)
             return
         with self._host_lock.held():
-            self._append_retrying(rows)
+            self._append_retrying(rows, spool)
 
-    def _append_retrying(self, rows: list[dict[str, Any]]) -> None:
+    def _append_retrying(self, rows: list[dict[str, Any]], spool: tuple[str, int] | None) -> None:
         for attempt in range(100):
             try:
                 with self.engine.begin() as conn:
                     if conn.dialect.name == "postgresql":
                         # serialise appenders across processes and hosts for the length of this transaction
                         conn.execute(_ADVISORY_LOCK, {"k": _LOCK_KEY})
-                    prev = conn.execute(_HEAD).scalar() or GENESIS
-                    chained = []
-                    for row in rows:
-                        digest = _digest(prev, row)
-                        chained.append({**row, "prev_hash": prev, "hash": digest})
-                        prev = digest
-                    conn.execute(_APPEND, chained)
+                    if rows:
+                        prev = conn.execute(_HEAD).scalar() or GENESIS
+                        chained = []
+                        for row in rows:
+                            digest = _digest(prev, row)
+                            chained.append({**row, "prev_hash": prev, "hash": digest})
+                            prev = digest
+                        conn.execute(_APPEND, chained)
+                    if spool is not None:
+                        mark = {"spool": spool[0], "upto": spool[1]}
+                        if conn.execute(_SPOOL_MOVE, mark).rowcount == 0:
+                            conn.execute(_SPOOL_START, mark)
                 return
             except IntegrityError:
                 # another writer appended first (SQLite): chain onto the new head after a short pause
@@ -184,6 +506,7 @@ class AuditLog:
         raise RuntimeError("audit trail: could not append after 100 attempts")
 
     def verify(self) -> AuditCheck:
+        self.flush()
         prev = GENESIS
         n = 0
         with self.engine.connect() as conn:
@@ -199,6 +522,7 @@ class AuditLog:
              patient_uid: str | None = None, since: datetime | None = None, until: datetime | None = None,
              outcome: str | None = None) -> list[dict[str, Any]]:
         """Rows matching every filter given, newest first, at most `limit`."""
+        self.flush()
         stmt = select(S.AuditEvent).order_by(S.AuditEvent.id.desc()).limit(limit)
         if outcome:
             stmt = stmt.where(S.AuditEvent.outcome == outcome)

@@ -143,7 +143,7 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Regi
     if start_worker and worker_factory is None:
         raise ConfigError("start_worker needs a worker_factory (carecast.jobs.worker.WorkerThread)")
     services = Services(settings=settings, store=store, registry=registry, predictor=predictor, queue=queue, bus=bus,
-                        audit=AuditLog(store.engine, group_commit=True), limiter=_limiter(settings))
+                        audit=AuditLog.for_store(store.engine), limiter=_limiter(settings))
     init_context(app, services)
     init_headers(app, settings)  # CSP, HSTS, no-store, strict CORS on every response (its last hook)
     init_observability(app)  # timing, metrics and the access log of every request; /metrics

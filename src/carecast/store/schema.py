@@ -337,6 +337,17 @@ class AuditEvent(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
+class AuditSpool(Base):
+    """How far each audit spool file has been moved into `audit_events` (bytes from its start).
+
+    Updated in the same transaction as the rows it accounts for, so a spool is shipped exactly once
+    even when its process dies between two shipments (see carecast.security.audit)."""
+
+    __tablename__ = "audit_spool"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    shipped: Mapped[int] = mapped_column(BigInteger)
+
+
 class Prediction(Base):
     """One risk score for one patient, task and model version at the time of the data it used.
     Idempotent: the same (patient, task, model version, data time) is stored once."""

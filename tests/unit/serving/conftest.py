@@ -23,6 +23,7 @@ from carecast.jobs.ingest import ingest_units
 from carecast.models.registry import Registry
 from carecast.scoring.predictor import FeatureError
 from carecast.security import passwords
+from carecast.security.audit import flush_spools
 from carecast.security.permissions import ROLES
 from carecast.security.tokens import issue_token
 from carecast.security.users import create_user
@@ -200,11 +201,14 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def audit_rows(store: Store) -> list[Any]:
+    """Every audit row, oldest first, once this process's spooled rows are shipped."""
+    flush_spools(store.engine)
     with store.engine.connect() as conn:
         return list(conn.execute(select(S.AuditEvent).order_by(S.AuditEvent.id)).all())
 
 
 def audit_count(store: Store) -> int:
+    flush_spools(store.engine)
     with store.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(S.AuditEvent)).scalar_one())
 

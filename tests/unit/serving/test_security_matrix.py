@@ -25,6 +25,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from carecast.security.audit import flush_spools
 from carecast.security.permissions import ROLE_PERMISSIONS, ROLES, UNIT_RESTRICTED, Permission
 from carecast.security.tokens import issue_token
 from carecast.security.users import create_user
@@ -342,12 +343,14 @@ def test_options_is_answered_without_running_a_view(client: Any, store: Store, w
 
 # -- mass assignment ------------------------------------------------------------------------------------------
 
-COUNTED = tuple(S.Base.metadata.sorted_tables)
+# audit_spool is the audit trail's own bookkeeping (how far each spool file is shipped)
+COUNTED = tuple(t for t in S.Base.metadata.sorted_tables if t.name != "audit_spool")
 SMUGGLED = {"unit": "Ward B", "role": "admin", "risk": 0.99, "model_version": "forged", "user_id": 1,
             "patient_id": 1}
 
 
 def table_counts(store: Store) -> dict[str, int]:
+    flush_spools(store.engine)
     with store.engine.connect() as conn:
         return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in COUNTED}
 
