@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import mmap
 import os
 import random
 import secrets
@@ -68,7 +69,7 @@ _SPOOL_FORGET = delete(_SPOOL).where(_SPOOL.c.name == bindparam("spool"))
 SPOOL_SUFFIX = ".spool"
 SHIP_INTERVAL_S = 0.05  # how long a spooled row waits, at most, before its shipment starts
 SHIP_MAX_ROWS = 2000  # rows per shipment transaction
-SPOOL_ROTATE_BYTES = 8 * 1024 * 1024  # a fully shipped spool file larger than this is replaced by a new one
+SPOOL_FILE_BYTES = 4 * 1024 * 1024  # one spool file (about 16,000 rows); a full one is shipped, then removed
 SPOOL_MAX_UNSHIPPED = 100_000  # beyond this (the database down for long), `record` refuses: 503
 _SHIPPER_IDLE_S = 2.0  # a shipper thread with nothing to ship for this long ends (the next record starts one)
 _RECOVER_EVERY_S = 10.0  # how often an active process looks for spools left by dead processes
@@ -160,9 +161,16 @@ def _spooled_row(line: bytes) -> dict[str, Any]:
 
 
 class _SpoolFile:
-    """One process's spool: a file open for appending, flock-ed for as long as the process holds it open,
-    so that another process can tell it from the spool of a process that died. It is created under a
-    temporary name and renamed once locked: a scan never sees it unlocked while its process lives."""
+    """One process's spool: a file of `SPOOL_FILE_BYTES` mapped into memory, flock-ed for as long as the
+    process holds it open, so that another process can tell it from the spool of a process that died.
+
+    A row is appended by copying its line into the mapping: no system call, so a request thread keeps the
+    interpreter lock (with a `write` per row, 4 request threads cost 95 µs CPU per audited request against
+    60 µs for one). The bytes are in the kernel's page cache as soon as they are copied, as a written file's
+    are: they outlive the process. The blocks are allocated when the file is created, so a full disk fails
+    there, as an error, never as a fault on a later copy. The unused tail is zeros (a line never holds a
+    zero byte: JSON escapes it). The file is created under a temporary name and renamed once locked: a scan
+    never sees it unlocked while its process lives."""
 
     def __init__(self, directory: Path) -> None:
         import fcntl
@@ -171,27 +179,47 @@ class _SpoolFile:
         self.pid = os.getpid()
         self.name = f"{socket.gethostname()[:40]}-{self.pid}-{secrets.token_hex(6)}{SPOOL_SUFFIX}"
         self.path = directory / self.name
+        self.capacity = SPOOL_FILE_BYTES
         temporary = directory / (self.name + ".new")
-        self.fd = os.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(temporary, self.path)
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.posix_fallocate(fd, 0, self.capacity)
+            self.map = mmap.mmap(fd, self.capacity)
+            os.rename(temporary, self.path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        self.fd = fd
         self.size = 0
 
-    def write(self, line: bytes) -> int:
-        """Append one line; the file's size after it. A short write (disk full) is undone and raised."""
-        written = os.write(self.fd, line)
-        if written != len(line):
-            os.ftruncate(self.fd, self.size)
-            raise OSError("short write to the audit spool")
-        self.size += written
-        return self.size
+    def write(self, line: bytes) -> int | None:
+        """Append one line; the spool's length after it, or None if the file has no room left for it."""
+        end = self.size + len(line)
+        if end > self.capacity:
+            return None
+        self.map[self.size:end] = line
+        self.size = end
+        return end
 
     def close(self) -> None:
-        """Close the file (and so let go of its lock); once only, as the descriptor's number is reused."""
+        """Unmap and close the file (and so let go of its lock); once only, as descriptor numbers are reused."""
         fd, self.fd = self.fd, -1
         if fd >= 0 and self.pid == os.getpid():
+            with contextlib.suppress(OSError, ValueError, BufferError):
+                self.map.close()
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _spooled_data(fd: int, start: int) -> bytes:
+    """The spooled lines of a spool file from byte `start` on, up to its unused (zero) tail."""
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, size - start, start) if size > start else b""
+    end = data.find(b"\x00")
+    return data if end < 0 else data[:end]
 
 
 _SPOOLING: weakref.WeakSet[AuditLog] = weakref.WeakSet()
@@ -239,6 +267,7 @@ class AuditLog:
         self._commit_lock = threading.Lock()  # one commit of this process at a time
         # spooling: rows written to a spool and not yet shipped, each with its spool and the spool's size after it
         self._spool: _SpoolFile | None = None
+        self._full: list[_SpoolFile] = []  # earlier spools of this process, removed once their rows are shipped
         self._unshipped: list[tuple[dict[str, Any], _SpoolFile, int]] = []
         self._spool_lock = threading.Lock()  # guards _spool, _unshipped and _shipper; held briefly
         self._ship_lock = threading.Lock()  # one shipment of this log at a time
@@ -302,6 +331,13 @@ class AuditLog:
             try:
                 spool = self._own_spool()
                 size = spool.write(line)
+                if size is None:  # full: the next rows go to a new spool; this one is removed once shipped
+                    self._full.append(spool)
+                    self._spool = None
+                    spool = self._own_spool()
+                    size = spool.write(line)
+                    if size is None:
+                        raise OSError("an audit row larger than a spool file")
             except OSError:
                 log.error("audit spool cannot be written in %s", self.spool_dir)
                 raise StoreUnavailableError("the audit trail cannot be written; retry shortly") from None
@@ -314,8 +350,9 @@ class AuditLog:
         """This process's spool (under _spool_lock), opened on first use and anew in a forked child, whose
         parent ships what it spooled itself."""
         if self._spool is None or self._spool.pid != os.getpid():
-            if self._spool is not None:  # inherited across fork: the parent's file, rows and thread
+            if self._spool is not None:  # inherited across fork: the parent's files, rows and thread
                 self._unshipped = []
+                self._full = []
                 self._shipper = None
             assert self.spool_dir is not None
             self._spool = _SpoolFile(self.spool_dir)
@@ -354,7 +391,7 @@ class AuditLog:
 
     def _ship_some(self) -> int:
         """Ship the oldest spooled rows of one spool file (up to SHIP_MAX_ROWS) in one transaction that also
-        moves the file's shipped mark; then replace a large, fully shipped file by a new one."""
+        moves the file's shipped mark; then remove the file if it is full and every row of it is shipped."""
         with self._ship_lock:
             with self._spool_lock:
                 if not self._unshipped:
@@ -368,11 +405,10 @@ class AuditLog:
             self._append([row for row, _, _ in batch], spool=(spool.name, batch[-1][2]))
             with self._spool_lock:
                 del self._unshipped[: len(batch)]
-                retire = spool.size >= SPOOL_ROTATE_BYTES and spool is self._spool and not self._unshipped
-                if retire:
-                    self._spool = None  # the next record opens a new spool
-            if retire:
-                self._retire(spool)
+                done = [full for full in self._full if not any(entry[1] is full for entry in self._unshipped)]
+                self._full = [full for full in self._full if full not in done]
+            for full in done:
+                self._retire(full)
             return len(batch)
 
     def _retire(self, spool: _SpoolFile) -> None:
@@ -419,10 +455,8 @@ class AuditLog:
     def _ship_orphan(self, path: Path, fd: int) -> int:
         with self.engine.connect() as conn:
             upto = int(conn.execute(_SPOOL_SHIPPED, {"spool": path.name}).scalar() or 0)
-        size = os.fstat(fd).st_size
-        data = os.pread(fd, size - upto, upto) if size > upto else b""
         # a last line without its newline was never completed: its record() failed and its request was refused
-        lines = data.split(b"\n")[:-1]
+        lines = _spooled_data(fd, upto).split(b"\n")[:-1]
         shipped, rows, skipped = 0, [], 0
         for i, line in enumerate(lines, 1):
             upto += len(line) + 1
@@ -463,10 +497,12 @@ class AuditLog:
             return
         self._ship_all()
         with self._spool_lock:
-            spool, self._spool = self._spool, None
+            spools = [*self._full, *([self._spool] if self._spool is not None else [])]
+            self._spool, self._full = None, []
             self._closed = True
-        if spool is not None and spool.pid == os.getpid():
-            self._retire(spool)
+        for spool in spools:
+            if spool.pid == os.getpid():
+                self._retire(spool)
         _SPOOLING.discard(self)
 
     # -- the table ------------------------------------------------------------------------------------------

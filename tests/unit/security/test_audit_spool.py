@@ -49,7 +49,8 @@ def marks(store: Store) -> dict[str, int]:
         return {name: int(n) for name, n in conn.execute(select(S.AuditSpool.name, S.AuditSpool.shipped))}
 
 
-def spools(directory: Path) -> list[Path]:
+def spools(directory: Path | None) -> list[Path]:
+    assert directory is not None
     return sorted(directory.glob("*" + A.SPOOL_SUFFIX))
 
 
@@ -63,20 +64,23 @@ def test_only_a_sqlite_file_is_spooled(tmp_path: Path) -> None:
 def test_record_spools_the_row_and_a_flush_ships_it_once(sqlite_store: Store, slow_shipper: None) -> None:
     log = AuditLog.for_store(sqlite_store.engine)
     assert log.spool_dir == spool_dir_for(sqlite_store.engine)
-    threads = [threading.Thread(target=lambda n=n: [log.record(action="patient:read", outcome="success",
-                                                               username=f"t{n}", patient_uid=f"p{i}")
-                                                    for i in range(10)]) for n in range(5)]
+    def ten(n: int) -> None:
+        for i in range(10):
+            log.record(action="patient:read", outcome="success", username=f"t{n}", patient_uid=f"p{i}")
+
+    threads = [threading.Thread(target=ten, args=(n,)) for n in range(5)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert table_rows(sqlite_store) == 0  # written to the spool only
     (spool,) = spools(log.spool_dir)
-    assert len(spool.read_bytes().splitlines()) == 50
+    data = spool.read_bytes().rstrip(b"\0")  # the file's unused tail is zeros
+    assert len(data.splitlines()) == 50 and data.endswith(b"\n")
     log.flush()
     log.flush()
     assert table_rows(sqlite_store) == 50
-    assert marks(sqlite_store) == {spool.name: spool.stat().st_size}
+    assert marks(sqlite_store) == {spool.name: len(data)}
     check = log.verify()
     assert check.ok and check.rows == 50
     assert sorted(r["username"] for r in log.rows(limit=100)) == sorted(f"t{n}" for n in range(5) for _ in range(10))
@@ -107,7 +111,8 @@ for i in range(30):
 log.flush()
 for i in range(20):
     log.record(action="patient:read", outcome="success", username="second", patient_uid=f"p{i}")
-os.write(log._own_spool().fd, b'{"at": "2026-')  # a line the process never finished
+spool = log._own_spool()
+spool.map[spool.size:spool.size + 13] = b'{"at": "2026-'  # a line the process never finished
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -141,21 +146,24 @@ def test_a_live_spool_is_left_to_its_own_process(sqlite_store: Store, slow_shipp
     assert table_rows(sqlite_store) == 5 and mine.verify().ok
 
 
-def test_a_large_shipped_spool_is_replaced(sqlite_store: Store, slow_shipper: None,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(A, "SPOOL_ROTATE_BYTES", 1000)
+def test_a_full_spool_is_followed_by_a_new_one_and_removed_once_shipped(
+        sqlite_store: Store, slow_shipper: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(A, "SPOOL_FILE_BYTES", 1000)  # three or four rows a file
     log = AuditLog.for_store(sqlite_store.engine)
     assert log.spool_dir is not None
     seen: set[str] = set()
     for i in range(40):
         log.record(action="patient:read", outcome="success", username="u", patient_uid=f"p{i}")
         seen.update(p.name for p in spools(log.spool_dir))
-        if i % 5 == 4:
+        if i % 7 == 6:
             log.flush()
-    assert len(seen) >= 4  # a new file after every shipment that left the file over 1,000 bytes
-    assert len(spools(log.spool_dir)) <= 1 and set(marks(sqlite_store)) <= {p.name for p in spools(log.spool_dir)}
+    assert len(seen) >= 6 and len(spools(log.spool_dir)) >= 2  # full files wait for their rows' shipment
+    log.flush()
+    assert len(spools(log.spool_dir)) == 1 and set(marks(sqlite_store)) <= {p.name for p in spools(log.spool_dir)}
     check = log.verify()
     assert check.ok and check.rows == 40
+    log.close()
+    assert spools(log.spool_dir) == [] and marks(sqlite_store) == {}
 
 
 def test_a_spool_that_cannot_be_written_refuses_the_record(sqlite_store: Store, slow_shipper: None,
@@ -169,6 +177,15 @@ def test_a_spool_that_cannot_be_written_refuses_the_record(sqlite_store: Store, 
     monkeypatch.setattr(A._SpoolFile, "write", disk_full)
     with pytest.raises(StoreUnavailableError):  # a 503 for the request: its access could not be recorded
         log.record(action="patient:read", outcome="success", username="during")
+    monkeypatch.undo()
+    # a new spool file's blocks are allocated up front: a full disk is an error there, never a fault later
+    monkeypatch.setattr(A.os, "posix_fallocate", lambda fd, offset, size: disk_full(None, b""))
+    fresh = AuditLog.for_store(sqlite_store.engine)
+    with pytest.raises(StoreUnavailableError):
+        fresh.record(action="patient:read", outcome="success", username="during")
+    assert log.spool_dir is not None and log._spool is not None
+    assert [p.name for p in spools(log.spool_dir)] == [log._spool.name]  # no half-made file left behind
+    assert not list(log.spool_dir.glob("*.new"))
     monkeypatch.undo()
     monkeypatch.setattr(A, "SHIP_INTERVAL_S", 3600.0)
     log.record(action="patient:read", outcome="success", username="after")
