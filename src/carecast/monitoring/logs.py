@@ -8,7 +8,10 @@ fields (`CONTEXT_FIELDS`), so an `extra={...}` carrying anything else is dropped
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -36,14 +39,94 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class BufferedStreamHandler(logging.StreamHandler):
+    """A stream handler that writes lines in batches: a WARNING or worse at once (with every line before it,
+    in order), lesser lines at most `interval_s` later, from a background thread, or when `max_bytes` have
+    gathered; and everything at exit (`logging.shutdown` flushes each handler).
+
+    Why: a server writes an access-log line per request. Written one by one, each line is a system call
+    that lets go of the interpreter lock in the middle of the request, and the request threads of a worker
+    queue on the handler's lock: with 4 threads, 80-95 µs CPU per logged request against 9 µs for the
+    same line formatted alone. What a crash can lose is the INFO lines of the last `interval_s`; warnings
+    and errors are never held back (the audit trail, which is the record of access, is not a log)."""
+
+    def __init__(self, stream: TextIO, *, interval_s: float = 0.2, max_bytes: int = 64 * 1024) -> None:
+        super().__init__(stream)
+        self.interval_s = interval_s
+        self.max_bytes = max_bytes
+        self._lines: list[str] = []
+        self._size = 0
+        # Locks, always taken in this order: the handler's own (only `logging.shutdown` holds it while it
+        # flushes), then the write lock (one batch written at a time, in the order taken), then the buffer's
+        # (held for a list operation only, never while taking another).
+        self._write_lock = threading.Lock()
+        self._buffer_lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+        self._flusher_pid = 0
+        self._closed = False
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter, format and buffer the record, without the handler's lock (`Handler.handle` holds it around
+        the whole of `emit`): request threads then queue only for a list append."""
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        with self._buffer_lock:
+            self._lines.append(line)
+            self._size += len(line)
+            full = self._size >= self.max_bytes
+            start = self._flusher is None or self._flusher_pid != os.getpid()
+            if start:
+                self._flusher_pid = os.getpid()
+                self._flusher = threading.Thread(target=self._flush_every_interval, name="carecast-log-flusher",
+                                                 daemon=True)
+                self._flusher.start()
+        if record.levelno >= logging.WARNING or full:
+            self.flush()
+
+    def _take(self) -> str:
+        with self._buffer_lock:
+            lines, self._lines, self._size = self._lines, [], 0
+        return "".join(lines)
+
+    def flush(self) -> None:
+        with self._write_lock:
+            text = self._take()
+            if text and self.stream is not None:
+                try:
+                    self.stream.write(text)
+                    self.stream.flush()
+                except (OSError, ValueError):  # the stream is gone (closed at exit): nothing else to do
+                    pass
+
+    def close(self) -> None:
+        self._closed = True
+        self.flush()
+        super().close()
+
+    def _flush_every_interval(self) -> None:
+        while not self._closed:
+            time.sleep(self.interval_s)
+            self.flush()
+
+
 def configure_logging(level: str = "INFO", stream: TextIO | None = None, *, json_lines: bool = True) -> None:
-    """Send carecast's (and gunicorn's) logs to `stream` (stderr) as JSON lines. Idempotent: calling it
-    again replaces the handler it installed before."""
+    """Send carecast's (and gunicorn's) logs to `stream` (stderr) as JSON lines, in batches (see
+    `BufferedStreamHandler`). Idempotent: calling it again replaces the handler it installed before."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+            handler.close()
+    handler = BufferedStreamHandler(stream or sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s %(message)s"))
     root.addHandler(handler)

@@ -1,0 +1,117 @@
+"""The log handler of servers: JSON lines written in batches, warnings at once, nothing lost at exit."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from carecast.monitoring.logs import BufferedStreamHandler, JsonFormatter, configure_logging
+
+
+@pytest.fixture()
+def logger() -> Iterator[logging.Logger]:
+    lg = logging.getLogger("carecast.test-buffered")
+    lg.propagate = False
+    lg.setLevel(logging.INFO)
+    yield lg
+    for handler in list(lg.handlers):
+        lg.removeHandler(handler)
+        handler.close()
+
+
+def attach(lg: logging.Logger, **options: float) -> tuple[BufferedStreamHandler, io.StringIO]:
+    out = io.StringIO()
+    handler = BufferedStreamHandler(out, **options)
+    handler.setFormatter(JsonFormatter())
+    lg.addHandler(handler)
+    return handler, out
+
+
+def messages(out: io.StringIO) -> list[str]:
+    return [orjson.loads(line)["msg"] for line in out.getvalue().splitlines()]
+
+
+def test_info_lines_wait_and_a_warning_writes_them_all_in_order(logger: logging.Logger) -> None:
+    _, out = attach(logger, interval_s=3600.0)
+    logger.info("one")
+    logger.info("two")
+    assert out.getvalue() == ""  # held back: one write for many lines
+    logger.warning("three")
+    assert messages(out) == ["one", "two", "three"]
+
+
+def test_the_flusher_writes_held_lines_within_its_interval(logger: logging.Logger) -> None:
+    _, out = attach(logger, interval_s=0.05)
+    logger.info("soon")
+    deadline = time.monotonic() + 5
+    while not out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert messages(out) == ["soon"]
+
+
+def test_a_full_buffer_is_written_at_once(logger: logging.Logger) -> None:
+    _, out = attach(logger, interval_s=3600.0, max_bytes=1000)
+    for i in range(25):
+        logger.info("line %d", i)
+    written = messages(out)
+    assert 5 <= len(written) < 25 and written == [f"line {i}" for i in range(len(written))]
+
+
+def test_concurrent_threads_lose_and_repeat_no_line(logger: logging.Logger) -> None:
+    handler, out = attach(logger, interval_s=0.001, max_bytes=2000)
+
+    def burst(n: int) -> None:
+        for i in range(300):
+            logger.info("t%d-%d", n, i)
+
+    threads = [threading.Thread(target=burst, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    handler.flush()
+    written = messages(out)
+    assert sorted(written) == sorted(f"t{n}-{i}" for n in range(4) for i in range(300))
+    for n in range(4):  # each thread's lines in its own order
+        mine = [m for m in written if m.startswith(f"t{n}-")]
+        assert mine == [f"t{n}-{i}" for i in range(300)]
+
+
+EXITING = """
+import logging
+from carecast.monitoring.logs import configure_logging
+configure_logging("INFO")
+configure_logging("INFO")  # again: the first handler is replaced, not doubled
+logging.getLogger("carecast.test").info("last words")
+"""
+
+
+def test_held_lines_are_written_when_the_process_exits() -> None:
+    done = subprocess.run([sys.executable, "-c", EXITING], capture_output=True, timeout=60, check=True)
+    lines = [orjson.loads(line) for line in done.stderr.decode().splitlines() if line.startswith("{")]
+    assert [line["msg"] for line in lines] == ["last words"]
+
+
+def test_configure_logging_replaces_its_handler(logger: logging.Logger) -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    level = root.level
+    try:
+        configure_logging("INFO", io.StringIO())
+        configure_logging("INFO", io.StringIO())
+        ours = [h for h in root.handlers if isinstance(h, BufferedStreamHandler)]
+        assert len(ours) == 1
+    finally:
+        for handler in list(root.handlers):
+            if handler not in before:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
