@@ -16,6 +16,7 @@ A card without a chosen threshold falls back to DEFAULT_THRESHOLD.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -394,11 +395,22 @@ def describe_factor(feature: str, value: float | str | None) -> str:
     words = feature.replace("_", " ")
     if isinstance(value, str):
         return f"{words} {value}"
+    rule = _rule_of(feature)
+    if rule is not None:
+        m, present, absent = rule
+        return absent.format(what=_what(m)) if value is None else present(m, float(value))
+    return f"no recent {words}" if value is None else f"{words} {_fmt(float(value))}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _rule_of(feature: str) -> tuple[re.Match[str], Any, str] | None:
+    """The first rule whose pattern matches the feature's name, with its match (a model reads a fixed set of
+    names, so each is matched once per process rather than once per factor of every answer)."""
     for pattern, present, absent in _RULES:
         m = pattern.fullmatch(feature)
         if m is not None:
-            return absent.format(what=_what(m)) if value is None else present(m, float(value))
-    return f"no recent {words}" if value is None else f"{words} {_fmt(float(value))}"
+            return m, present, absent
+    return None
 
 
 __all__ = ["DEFAULT_THRESHOLD", "FeatureError", "LoadedModel", "Predictor", "ScoredRisk", "band_of",
