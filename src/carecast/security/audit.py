@@ -1,9 +1,10 @@
 """The audit trail: append-only and hash-chained.
 
 Each row's hash is SHA-256 over the previous row's hash and this row's fields, so editing, deleting
-or reordering any row breaks `verify()` from that row on. `prev_hash` is UNIQUE in the table: two
-writers that read the same head cannot both commit, so the chain stays linear across processes and
-hosts on any backend (the loser retries on the new head). Rows hold tags and ids, never patient values.
+or reordering any row breaks `verify()` from that row on. Each row's place in the chain (`seq`, the
+head's + 1) is UNIQUE in the table: two writers that read the same head cannot both commit, so the chain
+stays linear across processes and hosts on any backend (the loser retries on the new head). Rows hold
+tags and ids, never patient values.
 
 A server process on a SQLite file spools its rows (`AuditLog(..., spool_dir=spool_dir_for(engine))`):
 `record` writes the row as one line to the process's own spool file and returns; a background thread
@@ -57,7 +58,7 @@ _FIELDS = ("at", "user_id", "username", "role", "action", "patient_uid", "source
 OUTCOMES = ("success", "denied", "failed", "error")
 # Built once: each request appends one row, so the statements are compiled once and then reused.
 _TABLE = S.table(S.AuditEvent)
-_HEAD = select(_TABLE.c.hash).order_by(_TABLE.c.id.desc()).limit(1)
+_HEAD = select(_TABLE.c.hash, _TABLE.c.seq).order_by(_TABLE.c.id.desc()).limit(1)
 _APPEND = insert(_TABLE)
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 _SPOOL = S.table(S.AuditSpool)
@@ -101,7 +102,7 @@ class _Pending:
 class _HostLock:
     """An exclusive lock of every process on this host that appends to the same SQLite file.
 
-    Without it, two processes read the same head, one commit wins and the other fails on `prev_hash` and
+    Without it, two processes read the same head, one commit wins and the other fails on `seq` and
     retries, and each waits for SQLite's write lock in its busy handler, which sleeps 1-100 ms between
     tries: measured with two processes appending 1,000 batches each, 50-100 retries and a p99 of 8-24 ms
     per append. `flock` wakes the next writer as soon as the holder lets go: no retry, no sleep. A thread
@@ -524,11 +525,13 @@ class AuditLog:
                         # serialise appenders across processes and hosts for the length of this transaction
                         conn.execute(_ADVISORY_LOCK, {"k": _LOCK_KEY})
                     if rows:
-                        prev = conn.execute(_HEAD).scalar() or GENESIS
+                        head = conn.execute(_HEAD).first()
+                        prev, seq = (head[0], int(head[1])) if head is not None else (GENESIS, 0)
                         chained = []
                         for row in rows:
                             digest = _digest(prev, row)
-                            chained.append({**row, "prev_hash": prev, "hash": digest})
+                            seq += 1
+                            chained.append({**row, "prev_hash": prev, "hash": digest, "seq": seq})
                             prev = digest
                         conn.execute(_APPEND, chained)
                     if spool is not None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from carecast.jobs.ingest import ingest_paths
 from carecast.security import tokens, users
@@ -128,6 +129,20 @@ def test_audit_deleting_a_row_breaks_the_chain(store: Store) -> None:
     with store.engine.begin() as conn:
         conn.execute(text("DELETE FROM audit_events WHERE id = 2"))
     assert log.verify().first_bad_id == 3
+
+
+def test_two_rows_cannot_take_the_same_place_in_the_chain(store: Store) -> None:
+    """The database itself keeps the chain linear: a second row onto the same head is refused."""
+    log = AuditLog(store.engine)
+    log.record(action="patient:read", outcome="success", username="first")
+    with store.engine.connect() as conn:
+        head = conn.execute(select(S.AuditEvent).order_by(S.AuditEvent.id.desc()).limit(1)).one()
+    rival = {k: getattr(head, k) for k in ("at", "action", "outcome", "username")}
+    with pytest.raises(IntegrityError), store.engine.begin() as conn:
+        conn.execute(insert(S.AuditEvent).values(**rival, prev_hash=head.prev_hash, hash="f" * 64, seq=head.seq))
+    log.record(action="patient:read", outcome="success", username="second")
+    check = log.verify()
+    assert check.ok and check.rows == 2
 
 
 @pytest.mark.parametrize("group_commit", [False, True], ids=["one-per-transaction", "group-commit"])

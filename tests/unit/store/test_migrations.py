@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -64,4 +65,41 @@ def test_0004_encrypts_free_text_already_stored_and_needs_the_key(tmp_path: Path
         command.downgrade(cfg, "0003")
     with engine.connect() as conn:
         assert conn.execute(sa_text("SELECT display FROM conditions")).scalar_one() == text_
+    engine.dispose()
+
+
+def test_0005_gives_stored_audit_rows_their_place_in_the_chain(tmp_path: Path) -> None:
+    from carecast.security.audit import GENESIS, AuditLog, _digest
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, "0004")
+    prev = GENESIS
+    with engine.begin() as conn:  # three rows chained before revision 0005
+        for n in range(3):
+            row = {"at": datetime(2026, 1, 5, 8, n, tzinfo=UTC), "user_id": n, "username": f"u{n}", "role": "nurse",
+                   "action": "patient:read", "patient_uid": f"p{n}", "source_ip": "10.0.0.1", "outcome": "success",
+                   "request_id": f"r{n}", "detail": None}
+            digest = _digest(prev, row)
+            conn.execute(sa_text("INSERT INTO audit_events (at, user_id, username, role, action, patient_uid, "
+                                 "source_ip, outcome, request_id, detail, prev_hash, hash) VALUES (:at, :user_id, "
+                                 ":username, :role, :action, :patient_uid, :source_ip, :outcome, :request_id, "
+                                 ":detail, :prev_hash, :hash)"),
+                         {**row, "at": row["at"].replace(tzinfo=None), "prev_hash": prev, "hash": digest})
+            prev = digest
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa_text("SELECT id, seq FROM audit_events ORDER BY id")).all() == [(1, 1), (2, 2), (3, 3)]
+    log = AuditLog(engine)
+    log.record(action="patient:read", outcome="success", username="after")
+    check = log.verify()
+    assert check.ok and check.rows == 4
+    with engine.connect() as conn:
+        assert conn.execute(sa_text("SELECT max(seq) FROM audit_events")).scalar_one() == 4
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    names = {c["name"] for c in inspect(engine).get_unique_constraints("audit_events")}
+    assert names == {"uq_audit_events_prev_hash", "uq_audit_events_hash"}
+    assert "seq" not in {c["name"] for c in inspect(engine).get_columns("audit_events")}
     engine.dispose()
