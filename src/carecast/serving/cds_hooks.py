@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import orjson
 import pandas as pd
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import insert, select
@@ -42,7 +41,7 @@ from carecast.security.cds_jwt import CdsAuthError, VerifiedToken, verify_token
 from carecast.serving.auth import Action, authenticated_by, public, throttle
 from carecast.serving.context import request_id, services, source_ip
 from carecast.serving.errors import ApiError, BadRequest, FieldError, NotFound, ServiceUnavailable, Unauthorized
-from carecast.serving.openapi import Body, Operations, raw_body, validate
+from carecast.serving.openapi import Body, Operations, json_body
 from carecast.store import schema as S
 from carecast.store.frames import load_frames
 
@@ -221,16 +220,9 @@ def _public_base() -> str:
 
 
 def _json(schema: Mapping[str, Any]) -> Any:
-    """The body of the current operation (415, 413), parsed and checked; 400 naming each failing field."""
-    try:
-        value = orjson.loads(raw_body())
-    except orjson.JSONDecodeError:
-        raise BadRequest("the body is not valid JSON", fields=[FieldError("body", "(body)", "not valid JSON")]) \
-            from None
-    problems = validate(schema, value)
-    if problems:
-        raise BadRequest("the request does not match the CDS Hooks request", fields=problems)
-    return value
+    """The body of the current operation (415, 413), parsed and checked; 400 naming each failing field (CDS
+    Hooks answers a malformed request with 400, not 422)."""
+    return json_body(schema, mismatch=BadRequest, message="the request does not match the CDS Hooks request")
 
 
 def _audited(action: str, work: Callable[[], tuple[Response, str | None, str]]) -> Response:

@@ -21,7 +21,14 @@ from flask import Blueprint, Flask, current_app, request
 from markupsafe import escape
 
 from carecast.serving.auth import permission_of
-from carecast.serving.errors import BadRequest, FieldError, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from carecast.serving.errors import (
+    ApiError,
+    BadRequest,
+    FieldError,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -306,19 +313,22 @@ def raw_body() -> bytes:
     return request.get_data(cache=False)
 
 
-def json_body() -> Any:
-    """The JSON body of the current operation, parsed (400) and validated against its schema (422)."""
+def json_body(schema: Mapping[str, Any] | None = None, *, mismatch: type[ApiError] = Unprocessable,
+              message: str = "the body does not match the request schema") -> Any:
+    """The JSON body of the current operation, parsed (400) and validated against `schema` (default: the
+    operation's body schema); a mismatch raises `mismatch` (422 by default) naming each failing field."""
     data = raw_body()
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise BadRequest("the body is not valid JSON",
                          fields=[FieldError("body", "(body)", "not valid JSON")]) from None
-    schema = current_operation().body.schema  # type: ignore[union-attr]
+    if schema is None:
+        schema = current_operation().body.schema  # type: ignore[union-attr]
     if schema is not None:
         problems = validate(schema, value)
         if problems:
-            raise Unprocessable("the body does not match the request schema", fields=problems)
+            raise mismatch(message, fields=problems)
     return value
 
 
