@@ -21,8 +21,15 @@ from carecast.store import Store
 from carecast.store.db import make_engine
 from carecast.store.migrate import upgrade
 from carecast.store.schema import Base
+from tests.unit.scoring import TrainedModels, trained_models
 
 PG_URL = os.environ.get("CARECAST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
+    """A registry with a trained champion and another saved model (tests/unit/scoring), trained once."""
+    return trained_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

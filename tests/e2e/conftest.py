@@ -39,7 +39,7 @@ from carecast.store import schema as S
 from carecast.store.clinical import ClinicalReader
 from carecast.store.db import make_engine
 from carecast.store.migrate import upgrade
-from tests.unit.scoring import TASK, TrainedModels, ingest, registry_copy, small_hospital, trained_models
+from tests.unit.scoring import TASK, TrainedModels, ingest, registry_copy, small_hospital
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -108,11 +108,6 @@ def _store(path: Path) -> Store:
     engine = make_engine(f"sqlite:///{path}")
     upgrade(engine)
     return Store(engine=engine, keyring=Keyring.generate())
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
-    return trained_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

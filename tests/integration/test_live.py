@@ -38,18 +38,13 @@ from carecast.store import schema as S
 from carecast.store.db import make_engine
 from carecast.store.migrate import upgrade
 from tests import factories as F
-from tests.unit.scoring import TASK, TrainedModels, ingest, registry_copy, small_hospital, trained_models
+from tests.unit.scoring import TASK, TrainedModels, ingest, registry_copy, small_hospital
 
 # Arrival, not speed, is asserted here (shared machines are noisy); the latency is printed, and the 1 s
 # target belongs to the benchmarks.
 ARRIVAL_LIMIT_S = 15.0
 TARGET_S = 1.0
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
-    return trained_models(tmp_path_factory)
 
 
 @dataclass

@@ -44,7 +44,7 @@ from carecast.store import schema as S
 from carecast.store.db import make_engine
 from tests import factories as F
 from tests.conftest import PG_URL
-from tests.unit.scoring import REDIS_URL, TASK, TrainedModels, registry_copy, trained_models
+from tests.unit.scoring import REDIS_URL, TASK, TrainedModels, registry_copy
 
 pytestmark = pytest.mark.postgres
 
@@ -260,11 +260,6 @@ def _ready(port: int) -> bool:
         return False
     finally:
         conn.close()
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
-    return trained_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

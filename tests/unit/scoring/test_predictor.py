@@ -13,12 +13,7 @@ import pytest
 from carecast.errors import NotFoundError
 from carecast.models.registry import Registry
 from carecast.scoring.predictor import DEFAULT_THRESHOLD, FeatureError, Predictor, band_of
-from tests.unit.scoring import TASK, TrainedModels, registry_copy, trained_models
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
-    return trained_models(tmp_path_factory)
+from tests.unit.scoring import TASK, TrainedModels, registry_copy
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ from carecast.scoring.scorer import latest_predictions, score_patient
 from carecast.scoring.shadow import agreement, compare_shadow, label_pairs, paired_scores
 from carecast.store import Store
 from carecast.store import schema as S
-from tests.unit.scoring import TASK, TrainedModels, ingest, patient_ids, registry_copy, small_hospital, trained_models
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
-    return trained_models(tmp_path_factory)
+from tests.unit.scoring import TASK, TrainedModels, ingest, patient_ids, registry_copy, small_hospital
 
 
 @pytest.fixture

@@ -29,13 +29,7 @@ from tests.unit.scoring import (
     redis_prefix,
     registry_copy,
     small_hospital,
-    trained_models,
 )
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
-    return trained_models(tmp_path_factory)
 
 
 @pytest.fixture
