@@ -151,6 +151,97 @@ def test_fig7a_kill9_of_the_server_mid_ingest_loses_and_duplicates_nothing(templ
     assert by_time == distinct == INGEST_TOTAL  # none duplicated, nothing else stored
 
 
+# -- figure 7c: kill -9 of the API server during audited requests --------------------------------------------
+
+AUDITED_TOTAL = 3_000
+AUDITED_CLIENTS = 4
+
+
+def _audit_rows(store: Store, action: str) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(S.AuditEvent).where(
+            S.AuditEvent.action == action)).scalar_one())
+
+
+def test_fig7c_kill9_of_the_server_loses_no_audit_row_of_an_answered_request(template: sv.Template,
+                                                                            tmp_path: Path) -> None:
+    """On SQLite each worker spools its audit rows and ships them in the background: a row of an answered
+    request must survive the server being killed before its shipment, and land exactly once."""
+    data = sv.copy_data_dir(template, tmp_path / "data")
+    env = sv.server_env(data)
+    port = sv.bench.free_port()
+    body = json.dumps({"task": TASK, "features": template.fixture.features}).encode()
+    headers = {"Authorization": f"Bearer {template.fixture.predict_token}", "Content-Type": "application/json"}
+    store = _store(env)
+    try:
+        before = _audit_rows(store, "prediction:create")
+    finally:
+        store.close()
+    lock = threading.Lock()
+    counts = Counter[str]()
+    problems: list[str] = []
+
+    def client() -> None:
+        while True:
+            with lock:
+                if counts["answered"] + counts["cut"] >= AUDITED_TOTAL:
+                    return
+            try:
+                status, _, _ = sv.request(port, "POST", "/api/v1/predict", body, headers)
+            except (OSError, http.client.HTTPException):
+                status = 0
+            with lock:
+                if status == 200:
+                    counts["answered"] += 1
+                elif status == 0:
+                    counts["cut"] += 1  # no answer: the server was down or killed mid-request
+                    time.sleep(0.05)
+                else:
+                    problems.append(str(status))
+
+    server = sv.serve(env, tmp_path / "serve.log", port)
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(AUDITED_CLIENTS)]
+    kills: list[int] = []
+    try:
+        sv.wait_ready(port, server)
+        for th in threads:
+            th.start()
+        for share in (0.3, 0.65):
+            sv.wait_until(lambda wanted=share * AUDITED_TOTAL: counts["answered"] >= wanted, "requests answered",
+                          alive=(server,), every=0.01)
+            server.kill9()  # master and workers at once: their spools' latest rows not yet shipped
+            kills.append(counts["answered"])
+            server = sv.serve(env, tmp_path / "serve.log", port)
+            sv.wait_ready(port, server)
+        for th in threads:
+            th.join(600)
+        assert not any(th.is_alive() for th in threads), "the clients did not finish"
+    finally:
+        server.stop()
+    verified = subprocess.run([str(sv.CARECAST), "audit", "verify"], env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+    store = _store(env)
+    try:
+        rows = _audit_rows(store, "prediction:create") - before
+        with store.engine.connect() as conn:
+            marks = int(conn.execute(select(func.count()).select_from(S.AuditSpool)).scalar_one())
+    finally:
+        store.close()
+    spools = list((data / "carecast.db-audit-spool").glob("*.spool")) if (data / "carecast.db-audit-spool").is_dir() \
+        else []
+    print(f"\nFIGURE 7c: {counts['answered']:,} audited requests answered and {counts['cut']:,} cut by "
+          f"{AUDITED_CLIENTS} clients; server killed (-9, master and workers) with {', '.join(map(str, kills))} "
+          f"answered; audit rows afterwards: {rows:,} (answered requests without a row: "
+          f"{max(0, counts['answered'] - rows)}; rows beyond answered + cut: "
+          f"{max(0, rows - counts['answered'] - counts['cut'])}); `carecast audit verify`: {verified.stdout.strip()}; "
+          f"spool files left {len(spools)}, shipping marks left {marks}")
+    assert problems == []
+    assert all(k < AUDITED_TOTAL for k in kills)
+    assert verified.returncode == 0, verified.stderr
+    assert counts["answered"] <= rows <= counts["answered"] + counts["cut"]  # none lost, none duplicated
+    assert spools == [] and marks == 0
+
+
 # -- figure 7b: kill -9 of a scoring worker mid-backlog -------------------------------------------------------
 
 def _scores(store: Store) -> Counter[tuple[int, datetime]]:
