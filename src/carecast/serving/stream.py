@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -278,20 +278,26 @@ class _Stream:
                      "described here.")
 @requires(Permission.PREDICTION_READ)
 def stream_events() -> Response:
-    svc = services()
+    svc, who = services(), principal()
+    token = request.headers.get("Authorization", "").partition(" ")[2].strip()  # checked by @requires
+    return open_event_stream(lambda hub, start, replay: _Stream(svc, hub, token, who, start, replay))
+
+
+def open_event_stream(make_body: Callable[[StreamHub, int, bool], _Stream], *, label: str | None = None) -> Response:
+    """What the API's stream and the web UI's share: 503 when live updates are off or `MAX_STREAMS` are open;
+    the start (the log's head, or the `Last-Event-ID` to resume after); one audit row (`label`, and the resume
+    point); the response around `make_body(hub, start_id, replay)`."""
     hub: StreamHub | None = current_app.extensions.get(HUB_EXTENSION)
     if hub is None or hub.stopping.is_set():
         raise ServiceUnavailable("live updates are not available")
     if hub.active >= MAX_STREAMS:
         raise ServiceUnavailable("too many live streams are open; try again shortly")
-    who = principal()
-    token = request.headers.get("Authorization", "").partition(" ")[2].strip()  # checked by @requires
     resume = _last_event_id()
     head = hub.log.head()
     start = head if resume is None else min(resume, head)
-    audit(STREAM_ACTION, detail=None if resume is None else f"resume after {start}")
-    body = _Stream(svc, hub, token, who, start, replay=resume is not None)
-    response = Response(iter(body), mimetype=EVENT_STREAM)
+    detail = ", ".join(part for part in (label, None if resume is None else f"resume after {start}") if part)
+    audit(STREAM_ACTION, detail=detail or None)
+    response = Response(iter(make_body(hub, start, resume is not None)), mimetype=EVENT_STREAM)
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # proxies must pass events on at once
     return response

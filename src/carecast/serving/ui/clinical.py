@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Response, current_app, g, redirect, render_template, request, url_for
+from flask import Response, g, redirect, render_template, request, url_for
 from markupsafe import Markup
 
 from carecast.domain.variables import catalogue
@@ -35,17 +35,8 @@ from carecast.security.permissions import Permission, Principal
 from carecast.security.users import principal_for
 from carecast.serving.auth import Action, audit, deny
 from carecast.serving.context import Services, principal, services
-from carecast.serving.errors import FieldError, NotFound, ServiceUnavailable, Unprocessable
-from carecast.serving.stream import (
-    EVENT_STREAM,
-    HUB_EXTENSION,
-    MAX_STREAMS,
-    STREAM_ACTION,
-    StreamHub,
-    _last_event_id,
-    _Stream,
-    _visibility,
-)
+from carecast.serving.errors import FieldError, NotFound, Unprocessable
+from carecast.serving.stream import StreamHub, _Stream, _visibility, open_event_stream
 from carecast.serving.ui.blueprint import bp
 from carecast.serving.ui.charts import TimePoint, sparkline, time_chart
 from carecast.serving.ui.session import SESSION_SCHEME, UiAction, page, remaining_seconds
@@ -410,18 +401,6 @@ class _SessionStream(_Stream):
 @bp.get("/stream")
 @page(Permission.PREDICTION_READ, touch=False)
 def stream() -> Response:
-    hub: StreamHub | None = current_app.extensions.get(HUB_EXTENSION)
-    if hub is None or hub.stopping.is_set():
-        raise ServiceUnavailable("live updates are not available")
-    if hub.active >= MAX_STREAMS:
-        raise ServiceUnavailable("too many live streams are open; try again shortly")
-    resume = _last_event_id()
-    head = hub.log.head()
-    start = head if resume is None else min(resume, head)
-    audit(STREAM_ACTION, detail="web session" if resume is None else f"web session, resume after {start}")
-    body = _SessionStream(services(), hub, g.principal, start, replay=resume is not None,
-                          ends_at=time.time() + remaining_seconds())
-    response = Response(iter(body), mimetype=EVENT_STREAM)
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Accel-Buffering"] = "no"
-    return response
+    svc, who, ends_at = services(), g.principal, time.time() + remaining_seconds()
+    return open_event_stream(lambda hub, start, replay: _SessionStream(svc, hub, who, start, replay, ends_at),
+                             label="web session")
