@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,12 +73,42 @@ def _readings_stored(store: Store, readings: sv.Readings, count: int) -> tuple[i
     return by_key, by_time, distinct
 
 
+KILL_AT = (0.3, 0.65)  # shares of the work done when the server is killed (figures 7a and 7c)
+
+
+def _through_kills(env: dict[str, str], log: Path, port: int, clients: list[threading.Thread],
+                   progress: Callable[[], int], total: int) -> list[int]:
+    """Start `carecast serve` and the client threads; each time `progress()` reaches a share (KILL_AT) of
+    `total`, kill -9 the server (master and workers at once, mid-request) and start it again; wait for the
+    clients, then stop the server. The progress at each kill."""
+    server = sv.serve(env, log, port)
+    kills: list[int] = []
+    try:
+        sv.wait_ready(port, server)
+        for th in clients:
+            th.start()
+        for share in KILL_AT:
+            def reached(wanted: float = share * total) -> bool:
+                return progress() >= wanted
+
+            sv.wait_until(reached, "progress", alive=(server,), every=0.01)
+            server.kill9()
+            kills.append(progress())
+            server = sv.serve(env, log, port)
+            sv.wait_ready(port, server)
+        for th in clients:
+            th.join(600)
+        assert not any(th.is_alive() for th in clients), "the clients did not finish"
+    finally:
+        server.stop()
+    return kills
+
+
 # -- figure 7a: kill -9 of the API server during a retrying client's ingest ----------------------------------
 
 INGEST_TOTAL = 10_000
 INGEST_BATCH = 50
 INGEST_CLIENTS = 4
-KILL_AT = (0.3, 0.65)  # shares of the records acknowledged when the server is killed
 
 
 def test_fig7a_kill9_of_the_server_mid_ingest_loses_and_duplicates_nothing(template: sv.Template,
@@ -114,27 +144,8 @@ def test_fig7a_kill9_of_the_server_mid_ingest_loses_and_duplicates_nothing(templ
                     problems.append(f"batch {j}: {status}")
                 time.sleep(0.2)
 
-    server = sv.serve(env, tmp_path / "serve.log", port)
     threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(INGEST_CLIENTS)]
-    kills: list[int] = []
-    try:
-        sv.wait_ready(port, server)
-        for th in threads:
-            th.start()
-        for share in KILL_AT:
-            def reached(wanted: float = share * INGEST_TOTAL) -> bool:
-                return acked[0] >= wanted
-
-            sv.wait_until(reached, "records acknowledged", alive=(server,), every=0.02)
-            server.kill9()  # master and workers at once, mid-request
-            kills.append(acked[0])
-            server = sv.serve(env, tmp_path / "serve.log", port)
-            sv.wait_ready(port, server)
-        for th in threads:
-            th.join(600)
-        assert not any(th.is_alive() for th in threads), "the clients did not finish"
-    finally:
-        server.stop()
+    kills = _through_kills(env, tmp_path / "serve.log", port, threads, lambda: acked[0], INGEST_TOTAL)
     store = _store(env)
     try:
         by_key, by_time, distinct = _readings_stored(store, readings, INGEST_TOTAL)
@@ -199,25 +210,9 @@ def test_fig7c_kill9_of_the_server_loses_no_audit_row_of_an_answered_request(tem
                 else:
                     problems.append(str(status))
 
-    server = sv.serve(env, tmp_path / "serve.log", port)
     threads = [threading.Thread(target=client, daemon=True) for _ in range(AUDITED_CLIENTS)]
-    kills: list[int] = []
-    try:
-        sv.wait_ready(port, server)
-        for th in threads:
-            th.start()
-        for share in (0.3, 0.65):
-            sv.wait_until(lambda wanted=share * AUDITED_TOTAL: counts["answered"] >= wanted, "requests answered",
-                          alive=(server,), every=0.01)
-            server.kill9()  # master and workers at once: their spools' latest rows not yet shipped
-            kills.append(counts["answered"])
-            server = sv.serve(env, tmp_path / "serve.log", port)
-            sv.wait_ready(port, server)
-        for th in threads:
-            th.join(600)
-        assert not any(th.is_alive() for th in threads), "the clients did not finish"
-    finally:
-        server.stop()
+    # each kill leaves the latest rows of each worker in its spool only
+    kills = _through_kills(env, tmp_path / "serve.log", port, threads, lambda: counts["answered"], AUDITED_TOTAL)
     verified = subprocess.run([str(sv.CARECAST), "audit", "verify"], env=env, capture_output=True, text=True,
                               timeout=300, check=False)
     store = _store(env)
