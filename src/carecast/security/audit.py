@@ -363,6 +363,7 @@ class AuditLog:
 
     def _ship_loop(self) -> None:
         idle_since = time.monotonic()
+        warned_at = float("-inf")
         while True:
             time.sleep(SHIP_INTERVAL_S)
             try:
@@ -370,7 +371,10 @@ class AuditLog:
                 if time.monotonic() - self._recovered_at >= _RECOVER_EVERY_S:
                     self._recover()
             except Exception as exc:  # the database is down: the rows stay spooled, tried again next round
-                log.warning("audit rows not shipped yet (%s); retrying", type(exc).__name__)
+                if time.monotonic() - warned_at >= _RECOVER_EVERY_S:  # a line every 10 s, not every round
+                    warned_at = time.monotonic()
+                    log.warning("audit rows not shipped yet (%s), %d waiting; retrying", type(exc).__name__,
+                                len(self._unshipped))
                 shipped = 0
             now = time.monotonic()
             if shipped:

@@ -4,6 +4,7 @@ process was killed, the recovery of another process."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -223,3 +224,30 @@ def test_a_spool_line_round_trips_every_field(sqlite_store: Store) -> None:
     for bad in (b"{}", b"[1]", b'{"at": "2026-01-01T00:00:00"}'):
         with pytest.raises(ValueError):
             A._spooled_row(bad)
+
+
+def test_the_shipper_retries_quietly_while_the_database_is_down(sqlite_store: Store, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(A, "SHIP_INTERVAL_S", 0.01)
+    log = AuditLog.for_store(sqlite_store.engine)
+    tries: list[int] = []
+
+    def down(rows: list[object], spool: object = None) -> None:
+        tries.append(len(rows))
+        raise OperationalError("INSERT", {}, Exception("unable to open database file"))
+
+    monkeypatch.setattr(log, "_append", down)
+    with caplog.at_level(logging.WARNING, logger="carecast.security.audit"):
+        log.record(action="patient:read", outcome="success", username="u")
+        deadline = time.monotonic() + 10
+        while len(tries) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert len(tries) >= 10  # tried again and again
+    warnings = [r for r in caplog.records if r.name == "carecast.security.audit"]
+    assert len(warnings) == 1 and "1 waiting" in warnings[0].getMessage()  # said once, not once a round
+    monkeypatch.undo()
+    monkeypatch.setattr(A, "SHIP_INTERVAL_S", 0.01)
+    deadline = time.monotonic() + 10
+    while table_rows(sqlite_store) < 1 and time.monotonic() < deadline:  # the database is back: shipped
+        time.sleep(0.01)
+    assert table_rows(sqlite_store) == 1 and log.verify().ok
