@@ -61,6 +61,7 @@ bench: $(STAMP) ## Benchmarks: print rates and ratios against a reference measur
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/simulate.py
 	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/audit.py
 
 .PHONY: bench-training
 bench-training: $(STAMP) ## Training time at ~100,000 predictions, end to end (several minutes)
