@@ -130,20 +130,26 @@ class _HostLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
-def _host_lock(engine: Engine) -> _HostLock | None:
-    """The append lock of a SQLite file (beside it); None for a server database (PostgreSQL serialises
-    appenders with an advisory lock) or an in-memory one."""
+def _sqlite_file(engine: Engine) -> str | None:
+    """The path of the engine's SQLite file on a POSIX host; None for a server database or an in-memory one."""
     database = engine.url.database if engine.dialect.name == "sqlite" else None
     if not database or database == ":memory:" or database.startswith("file:") or os.name != "posix":
         return None
-    return _HostLock(database + "-audit.lock")
+    return database
+
+
+def _host_lock(engine: Engine) -> _HostLock | None:
+    """The append lock of a SQLite file (beside it); None otherwise (PostgreSQL serialises appenders with an
+    advisory lock)."""
+    database = _sqlite_file(engine)
+    return None if database is None else _HostLock(database + "-audit.lock")
 
 
 def spool_dir_for(engine: Engine) -> Path | None:
-    """Where a server process spools its audit rows: a directory beside a SQLite file. None for a server
-    database (rows are committed before `record` returns) or an in-memory SQLite one."""
-    lock = _host_lock(engine)
-    return None if lock is None else Path(lock.path[: -len("-audit.lock")] + "-audit-spool")
+    """Where a server process spools its audit rows: a directory beside a SQLite file. None otherwise (a
+    server database's rows are committed before `record` returns)."""
+    database = _sqlite_file(engine)
+    return None if database is None else Path(database + "-audit-spool")
 
 
 def _spool_line(row: dict[str, Any]) -> bytes:
@@ -153,7 +159,7 @@ def _spool_line(row: dict[str, Any]) -> bytes:
 def _spooled_row(line: bytes) -> dict[str, Any]:
     """A row back from its spool line; ValueError if the line is not one `_spool_line` wrote."""
     data = orjson.loads(line)
-    if not isinstance(data, dict) or set(data) != set(_FIELDS):
+    if not isinstance(data, dict) or set(data) != set(_FIELDS) or not isinstance(data["at"], str):
         raise ValueError("not an audit row")
     at = datetime.fromisoformat(data["at"])
     if at.tzinfo is None:
@@ -195,6 +201,7 @@ class _SpoolFile:
             raise
         self.fd = fd
         self.size = 0
+        self.finalizer: weakref.finalize[Any, Any] | None = None  # set by the log that owns the spool
 
     def write(self, line: bytes) -> int | None:
         """Append one line; the spool's length after it, or None if the file has no room left for it."""
@@ -208,6 +215,8 @@ class _SpoolFile:
     def close(self) -> None:
         """Unmap and close the file (and so let go of its lock); once only, as descriptor numbers are reused."""
         fd, self.fd = self.fd, -1
+        if self.finalizer is not None:
+            self.finalizer.detach()  # closed now: the owning log's finalizer need not keep this spool
         if fd >= 0 and self.pid == os.getpid():
             with contextlib.suppress(OSError, ValueError, BufferError):
                 self.map.close()
@@ -358,7 +367,7 @@ class AuditLog:
             assert self.spool_dir is not None
             self._spool = _SpoolFile(self.spool_dir)
             # a log dropped without close() lets go of its spool's lock, so that another process removes it
-            weakref.finalize(self, self._spool.close)
+            self._spool.finalizer = weakref.finalize(self, self._spool.close)
         return self._spool
 
     def _ship_loop(self) -> None:
@@ -410,8 +419,10 @@ class AuditLog:
             self._append([row for row, _, _ in batch], spool=(spool.name, batch[-1][2]))
             with self._spool_lock:
                 del self._unshipped[: len(batch)]
-                done = [full for full in self._full if not any(entry[1] is full for entry in self._unshipped)]
-                self._full = [full for full in self._full if full not in done]
+                # rows are spooled in order, so the full spools older than the oldest unshipped row's are done
+                head = self._unshipped[0][1] if self._unshipped else None
+                keep = next((i for i, full in enumerate(self._full) if full is head), len(self._full))
+                done, self._full = self._full[:keep], self._full[keep:]
             for full in done:
                 self._retire(full)
             return len(batch)

@@ -100,7 +100,7 @@ def test_held_lines_are_written_when_the_process_exits() -> None:
     assert [line["msg"] for line in lines] == ["last words"]
 
 
-def test_configure_logging_replaces_its_handler(logger: logging.Logger) -> None:
+def test_configure_logging_replaces_its_handler() -> None:
     root = logging.getLogger()
     before = list(root.handlers)
     level = root.level

@@ -4,6 +4,7 @@ process was killed, the recovery of another process."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -152,6 +153,14 @@ def test_a_full_spool_is_followed_by_a_new_one_and_removed_once_shipped(
     monkeypatch.setattr(A, "SPOOL_FILE_BYTES", 1000)  # three or four rows a file
     log = AuditLog.for_store(sqlite_store.engine)
     assert log.spool_dir is not None
+    retired: list[A._SpoolFile] = []
+    retire = log._retire
+
+    def counted(spool: A._SpoolFile) -> None:
+        retired.append(spool)
+        retire(spool)
+
+    monkeypatch.setattr(log, "_retire", counted)
     seen: set[str] = set()
     for i in range(40):
         log.record(action="patient:read", outcome="success", username="u", patient_uid=f"p{i}")
@@ -165,6 +174,9 @@ def test_a_full_spool_is_followed_by_a_new_one_and_removed_once_shipped(
     assert check.ok and check.rows == 40
     log.close()
     assert spools(log.spool_dir) == [] and marks(sqlite_store) == {}
+    assert len(retired) == len(seen)  # each file removed once
+    # a removed spool is not kept alive by the log's finalizer (one per file, over a process's life)
+    assert all(spool.finalizer is not None and not spool.finalizer.alive for spool in retired)
 
 
 def test_a_spool_that_cannot_be_written_refuses_the_record(sqlite_store: Store, slow_shipper: None,
@@ -221,7 +233,8 @@ def test_a_spool_line_round_trips_every_field(sqlite_store: Store) -> None:
     (row,) = log.rows(limit=1)
     fields = {k: row[k] for k in A._FIELDS}
     assert A._spooled_row(A._spool_line(fields)) == fields
-    for bad in (b"{}", b"[1]", b'{"at": "2026-01-01T00:00:00"}'):
+    timeless = json.dumps({**{k: str(v) for k, v in fields.items()}, "at": 5}).encode()  # every field, no time
+    for bad in (b"{}", b"[1]", b'{"at": "2026-01-01T00:00:00"}', timeless):
         with pytest.raises(ValueError):
             A._spooled_row(bad)
 
