@@ -66,7 +66,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 from carecast.models.calibration import _EPS, PlattCalibrated, logit
 from carecast.models.pipeline import FeatureSchema, _as_float, _as_level
 
-__all__ = ["Contribution", "FastModel", "Prediction", "UnsupportedModelError", "compile_model"]
+__all__ = ["Contribution", "FastModel", "Prediction", "RowError", "UnsupportedModelError", "compile_model"]
 
 MISSING_LEVEL = "missing"  # what `_as_level` turns an absent categorical value into
 _BATCH_ROWS = 256  # rows per chunk in predict_frame: bounds the (rows x tree nodes) work arrays
@@ -74,6 +74,11 @@ _BATCH_ROWS = 256  # rows per chunk in predict_frame: bounds the (rows x tree no
 
 class UnsupportedModelError(ValueError):
     """The model is not the pipeline shape the fast path knows how to reproduce exactly."""
+
+
+class RowError(ValueError):
+    """A row the model cannot read: a feature absent, or a value that is not a number. The message names
+    the feature, never its value."""
 
 
 class Contribution(NamedTuple):
@@ -350,6 +355,87 @@ class _LinearScorer:
         return xt @ self.coef + self.intercept
 
 
+class _LinearTerms:
+    """A logistic model folded down to one affine term per original feature, for scoring a row given as a
+    mapping without building the model input.
+
+    A numeric feature's share of the margin is `coef * (x - mean) / scale` plus its indicator's constant,
+    which is `a * x + b` when present and a constant `m` when missing (imputed, the indicator on); a
+    categorical feature's share is the coefficient of its level's one-hot column (0.0 for an unseen level
+    with no column). The shares are the same quantities `_LinearScorer.margin_and_parts` returns, computed
+    in another order of floating-point operations (so equal to rounding, not bit for bit).
+
+    Why: one row through numpy costs about twenty calls on arrays of a few hundred elements, each with a
+    fixed dispatch cost that, inside a web request (cold caches, other work between calls), came to about
+    three times its cost in a tight loop; a plain loop over the features is one pass (benchmarks/serving.py,
+    docs/report.md)."""
+
+    def __init__(self, prep: _Preprocessor, scorer: _LinearScorer) -> None:
+        coef = scorer.coef
+        n = len(prep.numeric_names)
+        a = coef[prep.num_cols] / prep.num_scale
+        b = -coef[prep.num_cols] * prep.num_mean / prep.num_scale
+        m = coef[prep.num_cols] * (prep.fill - prep.num_mean) / prep.num_scale
+        if prep.ind_features.size:
+            ind_coef = coef[prep.ind_cols]
+            b[prep.ind_features] += ind_coef * prep.ind_if_present
+            m[prep.ind_features] += ind_coef * prep.ind_if_missing
+        self.numeric: list[tuple[str, float, float, float]] = [
+            (prep.numeric_names[j], float(a[j]), float(b[j]), float(m[j])) for j in range(n)]
+        self.categorical: list[tuple[str, dict[str, float], float]] = [
+            (name, {level: float(coef[col]) for level, col in cols.items()},
+             float(coef[unknown]) if unknown >= 0 else 0.0)
+            for name, cols, unknown in zip(prep.categorical_names, prep.level_cols, prep.unknown_cols, strict=True)]
+        self.intercept = scorer.intercept
+
+    def parts(self, row: Mapping[str, object]) -> list[float]:
+        """Each original feature's share of the margin (numeric features, then categorical), absent = missing."""
+        parts: list[float] = []
+        append = parts.append
+        get = row.get
+        for name, a, b, m in self.numeric:
+            v = get(name)
+            t = type(v)
+            if (t is float or t is int) and v - v == 0:  # type: ignore[operator]  # a finite number: the common case
+                append(a * v + b)  # type: ignore[operator]
+            elif v is None:
+                append(m)
+            else:
+                x = _row_number(name, v)
+                append(m if x != x else a * x + b)
+        for name, levels, unknown in self.categorical:
+            append(levels.get(_level(get(name)), unknown))
+        return parts
+
+
+def _row_number(name: str, value: object) -> float:
+    """One numeric cell of a row given as a mapping: NaN when absent; RowError naming the feature (never the
+    value) for infinity or anything that is not a number."""
+    if value is None or value is pd.NA:
+        return math.nan
+    if isinstance(value, (bool, int, float, np.integer, np.floating)):
+        number = float(value)
+        if math.isinf(number):
+            raise RowError(f"feature {name} must be finite")
+        return number
+    raise RowError(f"feature {name} must be a number or null")
+
+
+def _largest(parts: list[float], top_k: int | None) -> list[int]:
+    """Indices of the `top_k` parts largest by absolute size (None: all), largest first, ties in feature
+    order, leaving out parts that are exactly zero."""
+    sizes = list(map(abs, parts))
+    if top_k is not None and top_k < len(sizes):
+        if top_k <= 0:
+            return []
+        cut = sorted(sizes)[-top_k]  # the k-th largest size: at most k parts are above it
+        picked = [j for j, s in enumerate(sizes) if s >= cut and s != 0.0]
+    else:
+        picked = [j for j, s in enumerate(sizes) if s != 0.0]
+    picked.sort(key=lambda j: -sizes[j])  # stable: ties stay in feature order
+    return picked if top_k is None else picked[:top_k]
+
+
 class _TreeScorer:
     """Gradient-boosted trees compiled for one-row scoring without a per-level walk.
 
@@ -541,6 +627,7 @@ class FastModel:
         # The calibrated log-odds of a row whose every feature contributes nothing.
         self.base_value: float = self.slope * scorer.base_margin + self.intercept
         self._n_num = len(self.numeric_names)
+        self._terms = _LinearTerms(prep, scorer) if isinstance(scorer, _LinearScorer) else None
 
     def _probability(self, margin: float) -> float:
         """PlattCalibrated's arithmetic on the model's margin: `calibration.logit` (clip to [eps, 1 - eps],
@@ -595,14 +682,39 @@ class FastModel:
             out.append(Contribution(self.feature_names[j], c, value))
         return out, shown
 
-    def predict_features(self, row: Mapping[str, object], top_k: int | None = 5) -> Prediction:
-        """Score one row given as {feature name: value}; every feature must be present (None = missing)."""
-        absent = [name for name in self.feature_names if name not in row]
-        if absent:
-            raise ValueError(f"feature columns missing: {', '.join(absent[:10])}")
-        numeric = np.array([_number(row[name]) for name in self.numeric_names], dtype=np.float64)
-        categorical = [_optional_level(row[name]) for name in self.categorical_names]
-        return self.predict_one(numeric, categorical, top_k=top_k)
+    def predict_features(self, row: Mapping[str, object], top_k: int | None = 5, *,
+                         fill_missing: bool = False) -> Prediction:
+        """Score one row given as {feature name: value}: None, NaN or (with `fill_missing`) an absent
+        feature is missing. RowError (naming the feature, never the value) when a feature is absent
+        without `fill_missing`, or a numeric value is infinite or not a number.
+
+        Same answer as `predict_one` on the row's arrays; a logistic model is scored by `_LinearTerms`."""
+        if not fill_missing:
+            absent = [name for name in self.feature_names if name not in row]
+            if absent:
+                raise RowError(f"feature columns missing: {', '.join(absent[:10])}")
+        if self._terms is None:
+            numeric = np.array([_row_number(name, row.get(name)) for name in self.numeric_names], dtype=np.float64)
+            categorical = [_optional_level(row.get(name)) for name in self.categorical_names]
+            return self.predict_one(numeric, categorical, top_k=top_k)
+        parts = self._terms.parts(row)
+        margin = self._terms.intercept + math.fsum(parts)
+        slope = self.slope
+        contributions: list[Contribution] = []
+        shown = 0.0
+        for j in _largest(parts, top_k):
+            c = slope * parts[j]
+            shown += c
+            name = self.feature_names[j]
+            if j < self._n_num:
+                raw = _row_number(name, row.get(name))
+                value: float | str | None = None if raw != raw else raw
+            else:
+                value = _optional_level(row.get(name))
+            contributions.append(Contribution(name, c, value))
+        log_odds = slope * margin + self.intercept
+        return Prediction(self._probability(margin), log_odds, contributions, self.base_value,
+                          (log_odds - self.base_value) - shown)
 
     def predict_frame(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probabilities for every row of a frame with (at least) the feature columns."""
@@ -622,12 +734,6 @@ class FastModel:
             xt = self._prep.transform_many(numeric[start:stop], levels[start:stop])
             margins[start:stop] = self._scorer.margins(xt)
         return _sigmoid_array(self.slope * logit(_sigmoid_array(margins)) + self.intercept)
-
-
-def _number(value: object) -> float:
-    if value is None or value is pd.NA:
-        return math.nan
-    return float(value)  # type: ignore[arg-type]
 
 
 def compile_model(model: PlattCalibrated) -> FastModel:

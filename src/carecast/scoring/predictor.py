@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from carecast.domain.variables import catalogue
 from carecast.errors import CareCastError, NotFoundError
-from carecast.models.fastpath import FastModel, compile_model
+from carecast.models.fastpath import FastModel, RowError, compile_model
 from carecast.models.registry import Registry, card_threshold
 
 log = logging.getLogger(__name__)
@@ -208,9 +207,10 @@ class Predictor:
         model = self._snapshot.get((task, alias))  # the one read of the snapshot for this request
         if model is None:
             raise NotFoundError(f"no {alias} model for {task}")
-        row = _as_mapping(features_row)
-        numeric, categorical = _row_arrays(model.fast, row, fill_missing)
-        result = model.fast.predict_one(numeric, categorical, top_k=top_k)
+        try:
+            result = model.fast.predict_features(_as_mapping(features_row), top_k=top_k, fill_missing=fill_missing)
+        except RowError as exc:
+            raise FeatureError(str(exc)) from None
         risk = float(result.probability)
         factors = [{"feature": c.feature, "contribution": float(c.contribution), "value": c.value,
                     "text": describe_factor(c.feature, c.value)} for c in result.contributions]
@@ -226,45 +226,6 @@ def _as_mapping(row: Mapping[str, object] | pd.Series | pd.DataFrame) -> Mapping
     if isinstance(row, pd.Series):
         return {str(k): v for k, v in row.items()}
     return row
-
-
-def _number(name: str, value: object) -> float:
-    if value is None or value is pd.NA:
-        return math.nan
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        number = float(value)
-        if math.isinf(number):
-            raise FeatureError(f"feature {name} must be finite")
-        return number
-    raise FeatureError(f"feature {name} must be a number or null")  # the value itself is never echoed
-
-
-def _level(value: object) -> str | None:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return str(value)
-
-
-_PLAIN_NUMBERS = frozenset({float, int, bool, type(None)})
-
-
-def _row_arrays(fast: FastModel, row: Mapping[str, object], fill_missing: bool) -> tuple[np.ndarray, list[str | None]]:
-    if not fill_missing:
-        absent = [name for name in fast.feature_names if name not in row]
-        if absent:
-            raise FeatureError(f"feature columns missing: {', '.join(absent[:10])}")
-    values = list(map(row.get, fast.numeric_names))
-    if set(map(type, values)) <= _PLAIN_NUMBERS:  # the common case, converted in one call
-        numeric = np.array(values, dtype=np.float64)  # None -> NaN (missing)
-        if np.isinf(numeric).any():
-            numeric = np.array([_number(n, v) for n, v in zip(fast.numeric_names, values, strict=True)])
-    else:  # the general rule, which also names the first unusable feature
-        numeric = np.array([_number(n, v) for n, v in zip(fast.numeric_names, values, strict=True)],
-                           dtype=np.float64)
-    categorical = [_level(row.get(name)) for name in fast.categorical_names]
-    return numeric, categorical
 
 
 # -- factors in clinical words ------------------------------------------------------------------------------

@@ -14,7 +14,13 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
 from carecast.models.calibration import PlattCalibrated
-from carecast.models.fastpath import FastModel, UnsupportedModelError, _lowest_zero_bit_plus_one, compile_model
+from carecast.models.fastpath import (
+    FastModel,
+    RowError,
+    UnsupportedModelError,
+    _lowest_zero_bit_plus_one,
+    compile_model,
+)
 from carecast.models.pipeline import candidates, make_preprocessor
 
 DRIVER = "lactate_max"
@@ -101,6 +107,44 @@ def test_frame_and_mapping_inputs_match_the_pipeline(fitted, rows) -> None:
     for i in range(20):
         row = rows.iloc[i].to_dict()
         assert fast.predict_features(row).probability == pytest.approx(expected[i], abs=1e-9)
+
+
+def test_a_mapping_row_explains_as_the_arrays_do(fitted, rows) -> None:
+    """predict_features (a logistic model: one affine term per feature, no arrays) gives predict_one's answer:
+    probability, log-odds, the same factors in the same order with the same values, the same remainder."""
+    _, fast = fitted
+    for i in range(len(rows)):
+        row = rows.iloc[i].to_dict()
+        for top_k in (5, 1, 0, None):
+            want = fast.predict_one(*one_row(fast, rows, i), top_k=top_k)
+            got = fast.predict_features(row, top_k=top_k)
+            assert got.probability == pytest.approx(want.probability, abs=1e-12)
+            assert got.log_odds == pytest.approx(want.log_odds, abs=1e-9)
+            assert got.remainder == pytest.approx(want.remainder, abs=1e-9)
+            named = [(c.feature, c.value) for c in got.contributions]
+            assert named == [(c.feature, c.value) for c in want.contributions]
+            assert [c.contribution for c in got.contributions] == pytest.approx(
+                [c.contribution for c in want.contributions], abs=1e-9)
+
+
+def test_a_mapping_row_takes_json_values_and_names_the_bad_feature(fitted, rows) -> None:
+    _, fast = fitted
+    row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rows.iloc[7].to_dict().items()}
+    expected = fast.predict_features(row).probability
+    # ints and bools are numbers; absent (with fill_missing), None and NaN are all "missing"
+    as_ints = {**row, "never_missing": 2, "lab_0_last": True}
+    assert fast.predict_features(as_ints).probability == pytest.approx(
+        fast.predict_features({**row, "never_missing": 2.0, "lab_0_last": 1.0}).probability, abs=1e-15)
+    sparse = {k: v for k, v in row.items() if v is not None}
+    assert fast.predict_features(sparse, fill_missing=True).probability == pytest.approx(expected, abs=1e-15)
+    assert fast.predict_features({**row, DRIVER: np.nan}).probability == pytest.approx(
+        fast.predict_features({**row, DRIVER: None}).probability, abs=1e-15)
+    for bad, reason in ((np.inf, "must be finite"), ("7.5", "must be a number or null"), ([1], "must be a number")):
+        with pytest.raises(RowError, match=f"feature {DRIVER} {reason}") as caught:
+            fast.predict_features({**row, DRIVER: bad})
+        assert "7.5" not in str(caught.value)
+    with pytest.raises(RowError, match="missing: sex"):
+        fast.predict_features({k: v for k, v in row.items() if k != "sex"})
 
 
 def test_absent_levels_are_one_level_and_infrequent_levels_share_a_column(fitted, rows) -> None:
