@@ -372,7 +372,6 @@ class _LinearTerms:
 
     def __init__(self, prep: _Preprocessor, scorer: _LinearScorer) -> None:
         coef = scorer.coef
-        n = len(prep.numeric_names)
         a = coef[prep.num_cols] / prep.num_scale
         b = -coef[prep.num_cols] * prep.num_mean / prep.num_scale
         m = coef[prep.num_cols] * (prep.fill - prep.num_mean) / prep.num_scale
@@ -380,32 +379,55 @@ class _LinearTerms:
             ind_coef = coef[prep.ind_cols]
             b[prep.ind_features] += ind_coef * prep.ind_if_present
             m[prep.ind_features] += ind_coef * prep.ind_if_missing
-        self.numeric: list[tuple[str, float, float, float]] = [
-            (prep.numeric_names[j], float(a[j]), float(b[j]), float(m[j])) for j in range(n)]
+        self.numeric_names = prep.numeric_names
+        self.a, self.b, self.m = a.tolist(), b.tolist(), m.tolist()
         self.categorical: list[tuple[str, dict[str, float], float]] = [
             (name, {level: float(coef[col]) for level, col in cols.items()},
              float(coef[unknown]) if unknown >= 0 else 0.0)
             for name, cols, unknown in zip(prep.categorical_names, prep.level_cols, prep.unknown_cols, strict=True)]
         self.intercept = scorer.intercept
 
-    def parts(self, row: Mapping[str, object]) -> list[float]:
-        """Each original feature's share of the margin (numeric features, then categorical), absent = missing."""
-        parts: list[float] = []
-        append = parts.append
+    def parts(self, row: Mapping[str, object]) -> tuple[list[float], float]:
+        """Each original feature's share of the margin (numeric features, then categorical; absent, None and
+        NaN are missing) and their sum. RowError names a numeric feature whose value is infinite or not a
+        number.
+
+        One comprehension takes a row whose values are all floats, ints or None (a JSON body's, a frame's
+        float64 cells), NaN included; any other type (a string, a bool, numpy's smaller floats, whose
+        arithmetic would round) goes through `_checked`, as does a row whose sum is not finite (an
+        infinity), which names the feature."""
         get = row.get
-        for name, a, b, m in self.numeric:
-            v = get(name)
-            t = type(v)
-            if (t is float or t is int) and v - v == 0:  # type: ignore[operator]  # a finite number: the common case
-                append(a * v + b)  # type: ignore[operator]
-            elif v is None:
-                append(m)
-            else:
-                x = _row_number(name, v)
-                append(m if x != x else a * x + b)
+        values = list(map(get, self.numeric_names))
+        if set(map(type, values)) <= _PLAIN_CELLS:
+            parts = [m if v is None or v != v else a * v + b
+                     for v, a, b, m in zip(values, self.a, self.b, self.m, strict=True)]
+        else:
+            parts = self._checked(values)
         for name, levels, unknown in self.categorical:
-            append(levels.get(_level(get(name)), unknown))
+            parts.append(levels.get(_level(get(name)), unknown))
+        total = _sum(parts)
+        if total - total != 0.0:  # an infinity somewhere (or a sum that overflowed): check value by value
+            parts = self._checked(values) + parts[len(values):]
+            total = _sum(parts)
+        return parts, total
+
+    def _checked(self, values: list[object]) -> list[float]:
+        parts: list[float] = []
+        for name, v, a, b, m in zip(self.numeric_names, values, self.a, self.b, self.m, strict=True):
+            x = _row_number(name, v)
+            parts.append(m if x != x else a * x + b)
         return parts
+
+
+_PLAIN_CELLS = frozenset({float, int, type(None), np.float64})
+
+
+def _sum(parts: list[float]) -> float:
+    """The correctly rounded sum (math.fsum); inf or NaN where fsum refuses (infinities of both signs, overflow)."""
+    try:
+        return math.fsum(parts)
+    except (ValueError, OverflowError):
+        return sum(parts)
 
 
 def _row_number(name: str, value: object) -> float:
@@ -697,8 +719,8 @@ class FastModel:
             numeric = np.array([_row_number(name, row.get(name)) for name in self.numeric_names], dtype=np.float64)
             categorical = [_optional_level(row.get(name)) for name in self.categorical_names]
             return self.predict_one(numeric, categorical, top_k=top_k)
-        parts = self._terms.parts(row)
-        margin = self._terms.intercept + math.fsum(parts)
+        parts, total = self._terms.parts(row)
+        margin = self._terms.intercept + total
         slope = self.slope
         contributions: list[Contribution] = []
         shown = 0.0

@@ -137,9 +137,13 @@ def test_a_mapping_row_takes_json_values_and_names_the_bad_feature(fitted, rows)
         fast.predict_features({**row, "never_missing": 2.0, "lab_0_last": 1.0}).probability, abs=1e-15)
     sparse = {k: v for k, v in row.items() if v is not None}
     assert fast.predict_features(sparse, fill_missing=True).probability == pytest.approx(expected, abs=1e-15)
-    assert fast.predict_features({**row, DRIVER: np.nan}).probability == pytest.approx(
-        fast.predict_features({**row, DRIVER: None}).probability, abs=1e-15)
-    for bad, reason in ((np.inf, "must be finite"), ("7.5", "must be a number or null"), ([1], "must be a number")):
+    for absent in (np.nan, pd.NA, np.float64("nan")):
+        assert fast.predict_features({**row, DRIVER: absent}).probability == pytest.approx(
+            fast.predict_features({**row, DRIVER: None}).probability, abs=1e-15)
+    assert fast.predict_features({**row, DRIVER: np.float32(1.5)}).probability == pytest.approx(
+        fast.predict_features({**row, DRIVER: 1.5}).probability, abs=1e-15)
+    for bad, reason in ((np.inf, "must be finite"), (-math.inf, "must be finite"), ("7.5", "must be a number or null"),
+                        ([1], "must be a number"), (np.array([1.0, 2.0]), "must be a number")):
         with pytest.raises(RowError, match=f"feature {DRIVER} {reason}") as caught:
             fast.predict_features({**row, DRIVER: bad})
         assert "7.5" not in str(caught.value)
