@@ -58,6 +58,7 @@ _FIELDS = ("at", "user_id", "username", "role", "action", "patient_uid", "source
 OUTCOMES = ("success", "denied", "failed", "error")
 # Built once: each request appends one row, so the statements are compiled once and then reused.
 _TABLE = S.table(S.AuditEvent)
+_COLUMNS = (*_FIELDS, "prev_hash", "hash", "seq")
 _HEAD = select(_TABLE.c.hash, _TABLE.c.seq).order_by(_TABLE.c.id.desc()).limit(1)
 _APPEND = insert(_TABLE)
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
@@ -76,9 +77,20 @@ _SHIPPER_IDLE_S = 2.0  # a shipper thread with nothing to ship for this long end
 _RECOVER_EVERY_S = 10.0  # how often an active process looks for spools left by dead processes
 
 
+def _canonical(body: dict[str, Any]) -> bytes:
+    """`json.dumps(body, sort_keys=True, separators=(",", ":"))` as bytes: the form every row's hash is over.
+    orjson writes the same bytes for keys and values that are ASCII below DEL (the two differ only in
+    escaping DEL and non-ASCII text, which the standard library writes as \\u escapes), in a fifth of the time;
+    anything else takes the standard library's own path."""
+    text = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    if text.isascii() and b"\x7f" not in text:
+        return text
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
 def _digest(prev_hash: str, row: dict[str, Any]) -> str:
     body = {k: (row[k].isoformat() if isinstance(row[k], datetime) else row[k]) for k in _FIELDS}
-    return hashlib.sha256((prev_hash + json.dumps(body, sort_keys=True, separators=(",", ":"))).encode()).hexdigest()
+    return hashlib.sha256(prev_hash.encode() + _canonical(body)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -153,7 +165,8 @@ def spool_dir_for(engine: Engine) -> Path | None:
 
 
 def _spool_line(row: dict[str, Any]) -> bytes:
-    return orjson.dumps({**row, "at": row["at"].isoformat()}) + b"\n"
+    # orjson writes an aware datetime as its isoformat(), which _spooled_row reads back
+    return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def _spooled_row(line: bytes) -> dict[str, Any]:
@@ -230,6 +243,33 @@ def _spooled_data(fd: int, start: int) -> bytes:
     data = os.pread(fd, size - start, start) if size > start else b""
     end = data.find(b"\x00")
     return data if end < 0 else data[:end]
+
+
+_sqlite_inserts: dict[int, tuple[Any, str, list[Any]]] = {}
+
+
+def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert chained rows. On SQLite, the statement compiled once and the column types' own bind processors
+    applied here, with the rows handed to the driver's `executemany` as tuples: the shipper moves batches of
+    hundreds, whose per-row parameter handling in SQLAlchemy cost more than SQLite's insert itself (25 against
+    17 µs CPU per row, 50-row batches). Other databases take the statement through SQLAlchemy as usual."""
+    dialect = conn.dialect
+    if dialect.name != "sqlite":
+        conn.execute(_APPEND, rows)
+        return
+    found = _sqlite_inserts.get(id(dialect))
+    if found is None or found[0] is not dialect:
+        compiled = _APPEND.compile(dialect=dialect, column_keys=list(_COLUMNS))
+        if compiled.positiontup != list(_COLUMNS):  # pragma: no cover (SQLite's qmark style is positional)
+            raise RuntimeError("unexpected parameter order in the compiled audit insert")
+        found = (dialect, str(compiled), [_TABLE.c[k].type.bind_processor(dialect) for k in _COLUMNS])
+        if len(_sqlite_inserts) >= 64:  # one per engine: a process that opens many (tests) starts afresh
+            _sqlite_inserts.clear()
+        _sqlite_inserts[id(dialect)] = found
+    _, sql, processors = found
+    conn.exec_driver_sql(sql, [tuple(row[k] if p is None else p(row[k]) for k, p in zip(_COLUMNS, processors,
+                                                                                         strict=True))
+                               for row in rows])
 
 
 _SPOOLING: weakref.WeakSet[AuditLog] = weakref.WeakSet()
@@ -548,7 +588,7 @@ class AuditLog:
                             seq += 1
                             chained.append({**row, "prev_hash": prev, "hash": digest, "seq": seq})
                             prev = digest
-                        conn.execute(_APPEND, chained)
+                        _insert(conn, chained)
                     if spool is not None:
                         mark = {"spool": spool[0], "upto": spool[1]}
                         if conn.execute(_SPOOL_MOVE, mark).rowcount == 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import threading
@@ -120,6 +122,21 @@ def test_audit_chain_verifies_and_detects_tampering(store: Store) -> None:
         conn.execute(update(S.AuditEvent).where(S.AuditEvent.id == 3).values(outcome="denied"))
     bad = log.verify()
     assert not bad.ok and bad.first_bad_id == 3
+
+
+@pytest.mark.parametrize("text", ["dr.c", 'quote " and \\ backslash', "tab\tnew\nline\x01\x1f", "del\x7f",
+                                  "Zoë", "東京", "emoji \U0001F600", ""])
+def test_a_row_hash_is_over_the_standard_librarys_canonical_json(text: str) -> None:
+    """Rows hashed before orjson wrote the canonical form still verify: the bytes hashed are exactly
+    json.dumps(sort_keys, compact) of the fields, whatever characters they hold."""
+    from carecast.security import audit as A
+
+    row = {"at": datetime(2026, 3, 1, 12, 0, 0, 250, tzinfo=UTC), "user_id": 7, "username": text, "role": None,
+           "action": "patient:read", "patient_uid": text, "source_ip": "10.0.0.1", "outcome": "success",
+           "request_id": text[:64], "detail": None}
+    body = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+    reference = hashlib.sha256((A.GENESIS + json.dumps(body, sort_keys=True, separators=(",", ":"))).encode())
+    assert A._digest(A.GENESIS, row) == reference.hexdigest()
 
 
 def test_audit_deleting_a_row_breaks_the_chain(store: Store) -> None:
