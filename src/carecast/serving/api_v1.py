@@ -452,14 +452,24 @@ def break_glass(uid: str) -> tuple[Response, int]:
 
 # -- scoring a feature payload ------------------------------------------------------------------------------------
 
-def _known_features(task: str) -> set[str]:
+_feature_sets: dict[int, tuple[Any, frozenset[str]]] = {}
+
+
+def _known_features(task: str) -> frozenset[str]:
+    """The features the task's champion reads (the default spec's columns if the predictor does not say), as a
+    set made once per loaded model: its names are the same object for as long as the model is loaded."""
     predictor = services().predictor
     names = getattr(predictor, "feature_names", None)
-    if callable(names):
-        found = names(task)
-        if found:
-            return set(found)
-    return set(default_spec().columns())
+    found = names(task) if callable(names) else None
+    if not found:
+        found = default_spec().columns()
+    cached = _feature_sets.get(id(found))
+    if cached is None or cached[0] is not found:
+        if len(_feature_sets) > 64:  # models come and go over a long-lived process
+            _feature_sets.clear()
+        cached = (found, frozenset(found))
+        _feature_sets[id(found)] = cached
+    return cached[1]
 
 
 def _check_task(task: str) -> None:
@@ -472,7 +482,7 @@ def _check_task(task: str) -> None:
         raise ServiceUnavailable("no model is loaded for this task")
 
 
-def _unknown_features(rows: Iterable[tuple[str, Mapping[str, Any]]], known: set[str]) -> list[FieldError]:
+def _unknown_features(rows: Iterable[tuple[str, Mapping[str, Any]]], known: frozenset[str]) -> list[FieldError]:
     problems: list[FieldError] = []
     for where, row in rows:
         if row.keys() <= known:  # the common case, one set comparison

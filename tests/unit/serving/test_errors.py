@@ -54,6 +54,23 @@ def test_oversized_bodies_are_413(client: FlaskClient, hospital: Hospital, token
                        headers=bearer(tokens["admin"])), 413, "payload_too_large")
 
 
+def test_a_body_is_read_by_its_length_or_to_its_end(client: FlaskClient, hospital: Hospital,
+                                                   tokens: dict[str, str]) -> None:
+    body = orjson.dumps({"task": "deterioration_24h", "features": {"heart_rate_last_4h": 130}})
+    headers = {**bearer(tokens["data_scientist"]), "Content-Type": "application/json"}
+    assert client.post("/api/v1/predict", data=body, headers=headers).status_code == 200
+    # a Content-Length the body falls short of (the client went away): 400, not a half-read body
+    error = _error(client.post("/api/v1/predict", data=body, headers=headers,
+                               environ_overrides={"CONTENT_LENGTH": str(len(body) + 50)}), 400, "bad_request")
+    assert error["fields"] == [{"where": "header", "field": "Content-Length", "reason": "more than the body's bytes"}]
+    # chunked (no length; the server marks the input terminated): read to its end, and limited as it is read
+    chunked = {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}
+    assert client.post("/api/v1/predict", data=body, headers=headers, environ_overrides=chunked).status_code == 200
+    big = b"{" + b" " * (1024 * 1024 + 10) + b"}"
+    _error(client.post("/api/v1/predict", data=big, headers=headers, environ_overrides=chunked), 413,
+           "payload_too_large")
+
+
 def test_malformed_json_is_400_and_schema_errors_422(client: FlaskClient, hospital: Hospital,
                                                     tokens: dict[str, str]) -> None:
     secret = F.SECRET_IDENTIFIERS["family"]
