@@ -59,14 +59,35 @@ DRIFT_ALERTS = Counter("carecast_drift_alerts", "Scheduled drift checks whose ve
 
 # -- recording -------------------------------------------------------------------------------------------------
 
+# The labelled children each request records into, by its label values: `labels()` looks a child up under
+# a lock and checks its values on every call, which each request paid twice per metric it records (the
+# children are prometheus_client's own, the ones labels() returns). Label values are route templates,
+# methods, statuses, tasks, model versions and sources: a bounded set, and cleared if ever it is not.
+_request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+_prediction_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+_MAX_CHILDREN = 10_000
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    HTTP_REQUESTS.labels(route, method, str(status)).inc()
-    HTTP_LATENCY.labels(route, method).observe(seconds)
+    children = _request_children.get((route, method, status))
+    if children is None:
+        if len(_request_children) >= _MAX_CHILDREN:
+            _request_children.clear()
+        children = (HTTP_REQUESTS.labels(route, method, str(status)), HTTP_LATENCY.labels(route, method))
+        _request_children[(route, method, status)] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def observe_prediction(task: str, model_version: str, risk: float, *, source: str, alert: bool = False) -> None:
-    PREDICTIONS.labels(task, model_version, source).inc()
-    RISK.labels(task, model_version).observe(risk)
+    children = _prediction_children.get((task, model_version, source))
+    if children is None:
+        if len(_prediction_children) >= _MAX_CHILDREN:
+            _prediction_children.clear()
+        children = (PREDICTIONS.labels(task, model_version, source), RISK.labels(task, model_version))
+        _prediction_children[(task, model_version, source)] = children
+    children[0].inc()
+    children[1].observe(risk)
     if alert:
         ALERTS.labels(task, model_version).inc()
 

@@ -24,6 +24,8 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
+from carecast.monitoring.logs import lean_records
+
 GRACEFUL_TIMEOUT_S = 10
 THREADS = 16  # request threads per worker: live streams (at most stream.MAX_STREAMS) and ordinary requests
 MAX_BACKLOG_ACCEPTED = 1024  # connections taken from the listen queue at a graceful stop, at most
@@ -265,6 +267,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
     # Model inference and numpy must not oversubscribe the cores the workers already share.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    lean_records()  # every request logs a line: no caller, thread or process lookups for it
     CareCastServer({
         "bind": f"{host}:{port}", "workers": workers or os.cpu_count() or 1, "worker_class": BalancedThreadWorker,
         "threads": THREADS, "graceful_timeout": GRACEFUL_TIMEOUT_S, "timeout": 30, "accesslog": None,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from carecast.monitoring.logs import BufferedStreamHandler, JsonFormatter, configure_logging
+from carecast.monitoring.logs import BufferedStreamHandler, JsonFormatter, configure_logging, lean_records
 
 
 @pytest.fixture()
@@ -115,3 +115,29 @@ def test_configure_logging_replaces_its_handler() -> None:
                 root.removeHandler(handler)
                 handler.close()
         root.setLevel(level)
+
+
+def test_lean_records_skip_the_caller_lookup_and_write_the_same_line(logger: logging.Logger,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))  # restored after the test
+    context = {"request_id": "r-1", "user_id": 3, "role": "clinician", "route": "/api/v1/predict", "status": 200}
+
+    def line() -> tuple[dict[str, object], logging.LogRecord]:
+        seen: list[logging.LogRecord] = []
+        handler, out = attach(logger)
+        handler.addFilter(lambda record: seen.append(record) or True)
+        logger.info("%s %s %d", "POST", "/api/v1/predict", 200, extra=context)
+        handler.flush()
+        logger.removeHandler(handler)
+        entry = orjson.loads(out.getvalue())
+        entry.pop("ts")
+        return entry, seen[0]
+
+    full, record = line()
+    assert record.funcName == "line" and record.threadName is not None
+    lean_records()
+    lean, record = line()
+    assert record.funcName == "(unknown function)" and record.threadName is None and record.processName is None
+    assert lean == full == {"level": "info", "logger": "carecast.test-buffered", "msg": "POST /api/v1/predict 200",
+                            **context}

@@ -98,15 +98,18 @@ def test_gunicorn_workers_metrics_are_merged(tmp_path: Path, monkeypatch: pytest
     directory.mkdir()
     env = {**os.environ, metrics.MULTIPROC_ENV: str(directory)}
     child = ("from carecast.monitoring import metrics\n"
-             "metrics.observe_prediction('deterioration_24h', 'v9', 0.4, source='live', alert=True)\n"
-             "metrics.observe_request('/api/v1/predict', 'POST', 200, 0.004)\n")
+             "for _ in range(2):  # the second time through the cached labelled children\n"
+             "    metrics.observe_prediction('deterioration_24h', 'v9', 0.4, source='live', alert=True)\n"
+             "    metrics.observe_request('/api/v1/predict', 'POST', 200, 0.004)\n")
     for _ in range(2):  # two worker processes
         subprocess.run([sys.executable, "-c", child], env=env, check=True)
     monkeypatch.setenv(metrics.MULTIPROC_ENV, str(directory))
     text = metrics.exposition([("carecast_test_gauge", "a gauge read at scrape time", lambda: 3.0)]).decode()
-    assert 'carecast_predictions_total{model_version="v9",source="live",task="deterioration_24h"} 2.0' in text
-    assert 'carecast_alerts_total{model_version="v9",task="deterioration_24h"} 2.0' in text
-    assert 'carecast_http_requests_total{method="POST",route="/api/v1/predict",status="200"} 2.0' in text
+    assert 'carecast_predictions_total{model_version="v9",source="live",task="deterioration_24h"} 4.0' in text
+    assert 'carecast_alerts_total{model_version="v9",task="deterioration_24h"} 4.0' in text
+    assert 'carecast_http_requests_total{method="POST",route="/api/v1/predict",status="200"} 4.0' in text
+    assert 'carecast_prediction_risk_bucket{le="0.5",model_version="v9",task="deterioration_24h"} 4.0' in text
+    assert 'carecast_http_request_duration_seconds_count{method="POST",route="/api/v1/predict"} 4.0' in text
     assert "carecast_test_gauge 3.0" in text
 
 
