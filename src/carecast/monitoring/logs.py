@@ -142,9 +142,9 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None, *, json
 def lean_records() -> None:
     """Stop the logging module from gathering, for every record, where the call was made from and its thread
     and process names, which no format of ours writes: the logging HOWTO's own advice ("Optimization"), and
-    a third of the cost of an access-log line. For server processes (`carecast serve`), where every request
-    logs a line; process-wide, so not done by `configure_logging` (a test runner's own log format shows them)."""
+    a third of the cost of an access-log line. The process id stays: gunicorn's own error-log format writes
+    it. For server processes (`carecast serve`), where every request logs a line; process-wide, so not done
+    by `configure_logging` (a test runner's own log format shows them)."""
     logging._srcfile = None
     logging.logThreads = False
-    logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -139,5 +140,9 @@ def test_lean_records_skip_the_caller_lookup_and_write_the_same_line(logger: log
     lean_records()
     lean, record = line()
     assert record.funcName == "(unknown function)" and record.threadName is None and record.processName is None
+    # gunicorn's own error-log lines (its handler, its format) still carry the process id
+    from gunicorn.glogging import Logger as GunicornLogger
+
+    assert f"[{os.getpid()}] [INFO] POST" in logging.Formatter(GunicornLogger.error_fmt).format(record)
     assert lean == full == {"level": "info", "logger": "carecast.test-buffered", "msg": "POST /api/v1/predict 200",
                             **context}
