@@ -262,7 +262,9 @@ def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
         compiled = _APPEND.compile(dialect=dialect, column_keys=list(_COLUMNS))
         if compiled.positiontup != list(_COLUMNS):  # pragma: no cover (SQLite's qmark style is positional)
             raise RuntimeError("unexpected parameter order in the compiled audit insert")
-        found = (dialect, str(compiled), [_TABLE.c[k].type.bind_processor(dialect) for k in _COLUMNS])
+        # each column's type as this dialect stores it (a DateTime's SQLite text form, not the generic type's)
+        processors = [_TABLE.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in _COLUMNS]
+        found = (dialect, str(compiled), processors)
         if len(_sqlite_inserts) >= 64:  # one per engine: a process that opens many (tests) starts afresh
             _sqlite_inserts.clear()
         _sqlite_inserts[id(dialect)] = found

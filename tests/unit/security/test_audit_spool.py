@@ -226,6 +226,24 @@ def test_rows_wait_in_the_spool_while_the_database_is_down(sqlite_store: Store, 
     assert table_rows(sqlite_store) == 3 and log.verify().ok
 
 
+def test_shipped_rows_are_stored_as_sqlalchemy_stores_them(sqlite_store: Store) -> None:
+    """The shipper's straight-to-the-driver insert stores each column as SQLAlchemy's own insert does (the
+    time as SQLite text with its microseconds, which filters compare as strings)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    row = {"at": datetime(2026, 5, 1, 8, 30, tzinfo=UTC), "user_id": 4, "username": "dr.b", "role": "clinician",
+           "action": "patient:read", "patient_uid": "u-9", "source_ip": "10.0.0.2", "outcome": "success",
+           "request_id": "r-9", "detail": None}
+    with sqlite_store.engine.begin() as conn:
+        A._insert(conn, [{**row, "prev_hash": "p", "hash": "h1", "seq": 1}])
+        conn.execute(A._APPEND, [{**row, "prev_hash": "p", "hash": "h2", "seq": 2}])
+        stored = conn.execute(text("SELECT * FROM audit_events ORDER BY seq")).all()
+    shipped, reference = ([v for k, v in r._mapping.items() if k not in ("id", "hash", "seq")] for r in stored)
+    assert shipped == reference and "2026-05-01 08:30:00.000000" in shipped
+
+
 def test_a_spool_line_round_trips_every_field(sqlite_store: Store) -> None:
     log = AuditLog(sqlite_store.engine)
     log.record(action="patient:read", outcome="denied", username="Zoë", patient_uid="u-1", source_ip="10.0.0.1",
