@@ -245,7 +245,7 @@ def _spooled_data(fd: int, start: int) -> bytes:
     return data if end < 0 else data[:end]
 
 
-_sqlite_inserts: dict[int, tuple[Any, str, list[Any]]] = {}
+_sqlite_inserts: dict[int, tuple[Any, str, list[tuple[int, Any]]]] = {}
 
 
 def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
@@ -264,14 +264,18 @@ def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
             raise RuntimeError("unexpected parameter order in the compiled audit insert")
         # each column's type as this dialect stores it (a DateTime's SQLite text form, not the generic type's)
         processors = [_TABLE.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in _COLUMNS]
-        found = (dialect, str(compiled), processors)
+        found = (dialect, str(compiled), [(i, p) for i, p in enumerate(processors) if p is not None])
         if len(_sqlite_inserts) >= 64:  # one per engine: a process that opens many (tests) starts afresh
             _sqlite_inserts.clear()
         _sqlite_inserts[id(dialect)] = found
-    _, sql, processors = found
-    conn.exec_driver_sql(sql, [tuple(row[k] if p is None else p(row[k]) for k, p in zip(_COLUMNS, processors,
-                                                                                         strict=True))
-                               for row in rows])
+    _, sql, converting = found
+    params: list[tuple[Any, ...]] = []
+    for row in rows:
+        values = list(map(row.__getitem__, _COLUMNS))
+        for i, process in converting:
+            values[i] = process(values[i])
+        params.append(tuple(values))
+    conn.exec_driver_sql(sql, params)
 
 
 _SPOOLING: weakref.WeakSet[AuditLog] = weakref.WeakSet()
