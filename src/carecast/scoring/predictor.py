@@ -258,10 +258,15 @@ def _fmt(value: float) -> str:
 
 def _with_unit(variable: str, value: float) -> str:
     """The value with the catalogue's unit: "112/min", "94%", "37.9 °C", "2.3 mmol/L"."""
+    return _fmt(value) + _unit_suffix(variable)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unit_suffix(variable: str) -> str:
     var = catalogue().get(variable)
     unit = "" if var is None else _UNIT_TEXT.get(var.unit, var.unit)
     glue = "" if not unit or unit.startswith(("/", "%")) else " "
-    return f"{_fmt(value)}{glue}{unit}"
+    return glue + unit
 
 
 def _trend(value: float, up: str = "rising", down: str = "falling", flat: str = "steady") -> str:
@@ -292,6 +297,7 @@ def _lab(m: re.Match[str], v: float) -> str:
     return f"{what} {_with_unit(var, v)}"
 
 
+@functools.lru_cache(maxsize=4096)  # the matches are _rule_of's, one per feature name: the same objects each time
 def _what(m: re.Match[str]) -> str:
     groups = m.groupdict()
     if "var" in groups:
