@@ -393,20 +393,20 @@ class _LinearTerms:
         number.
 
         One comprehension takes a row whose values are all floats, ints or None (a JSON body's, a frame's
-        float64 cells), NaN included; any other type (a string, a bool, numpy's smaller floats, whose
-        arithmetic would round) goes through `_checked`, as does a row whose sum is not finite (an
-        infinity), which names the feature."""
+        float64 cells); any other type (a string, a bool, numpy's smaller floats, whose arithmetic would
+        round) goes through `_checked`, which names a bad feature, as does a row whose sum is not finite:
+        an infinity, or a NaN (missing, in a frame's cells), which JSON cannot hold, so that a JSON row pays
+        no per-value test for it."""
         get = row.get
         values = list(map(get, self.numeric_names))
         if set(map(type, values)) <= _PLAIN_CELLS:
-            parts = [m if v is None or v != v else a * v + b
-                     for v, a, b, m in zip(values, self.a, self.b, self.m, strict=True)]
+            parts = [m if v is None else a * v + b for v, a, b, m in zip(values, self.a, self.b, self.m, strict=True)]
         else:
             parts = self._checked(values)
         for name, levels, unknown in self.categorical:
             parts.append(levels.get(_level(get(name)), unknown))
         total = _sum(parts)
-        if total - total != 0.0:  # an infinity somewhere (or a sum that overflowed): check value by value
+        if total - total != 0.0:  # a NaN or an infinity somewhere (or a sum that overflowed): value by value
             parts = self._checked(values) + parts[len(values):]
             total = _sum(parts)
         return parts, total
