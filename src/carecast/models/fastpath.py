@@ -445,16 +445,22 @@ def _row_number(name: str, value: object) -> float:
 
 def _largest(parts: list[float], top_k: int | None) -> list[int]:
     """Indices of the `top_k` parts largest by absolute size (None: all), largest first, ties in feature
-    order, leaving out parts that are exactly zero."""
-    sizes = list(map(abs, parts))
-    if top_k is not None and top_k < len(sizes):
+    order, leaving out parts that are exactly zero. The cut (the k-th largest size) is read off the k lowest
+    and k highest parts, so no list of sizes is built for the few hundred parts of a row."""
+    n = len(parts)
+    if top_k is not None and top_k < n:
         if top_k <= 0:
             return []
-        cut = sorted(sizes)[-top_k]  # the k-th largest size: at most k parts are above it
-        picked = [j for j, s in enumerate(sizes) if s >= cut and s != 0.0]
+        ordered = sorted(parts)
+        ends = ordered if 2 * top_k >= n else ordered[:top_k] + ordered[-top_k:]
+        cut = sorted(map(abs, ends))[-top_k]
+        if cut > 0.0:  # at most k parts are above the cut; ties at it are all kept, then cut by feature order
+            picked = [j for j, p in enumerate(parts) if p >= cut or p <= -cut]
+        else:
+            picked = [j for j, p in enumerate(parts) if p != 0.0]
     else:
-        picked = [j for j, s in enumerate(sizes) if s != 0.0]
-    picked.sort(key=lambda j: -sizes[j])  # stable: ties stay in feature order
+        picked = [j for j, p in enumerate(parts) if p != 0.0]
+    picked.sort(key=lambda j: -abs(parts[j]))  # stable: ties stay in feature order
     return picked if top_k is None else picked[:top_k]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from carecast.models.fastpath import (
     FastModel,
     RowError,
     UnsupportedModelError,
+    _largest,
     _lowest_zero_bit_plus_one,
     compile_model,
 )
@@ -149,6 +151,16 @@ def test_a_mapping_row_takes_json_values_and_names_the_bad_feature(fitted, rows)
         assert "7.5" not in str(caught.value)
     with pytest.raises(RowError, match="missing: sex"):
         fast.predict_features({k: v for k, v in row.items() if k != "sex"})
+
+
+def test_the_largest_parts_by_size_with_ties_in_feature_order() -> None:
+    rng = random.Random(5)
+    for _ in range(3000):
+        parts = [rng.choice([0.0, -0.0, 1.0, -1.0, 2.5, -2.5]) if rng.random() < 0.5 else rng.gauss(0.0, 1.0)
+                 for _ in range(rng.randint(0, 25))]
+        for top_k in (None, 0, 1, 2, 3, 5, 40):
+            every = sorted((j for j, p in enumerate(parts) if p != 0.0), key=lambda j: (-abs(parts[j]), j))
+            assert _largest(parts, top_k) == (every if top_k is None else every[:top_k]), (parts, top_k)
 
 
 def test_absent_levels_are_one_level_and_infrequent_levels_share_a_column(fitted, rows) -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
@@ -131,12 +131,16 @@ def test_a_row_hash_is_over_the_standard_librarys_canonical_json(text: str) -> N
     json.dumps(sort_keys, compact) of the fields, whatever characters they hold."""
     from carecast.security import audit as A
 
-    row = {"at": datetime(2026, 3, 1, 12, 0, 0, 250, tzinfo=UTC), "user_id": 7, "username": text, "role": None,
-           "action": "patient:read", "patient_uid": text, "source_ip": "10.0.0.1", "outcome": "success",
-           "request_id": text[:64], "detail": None}
-    body = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-    reference = hashlib.sha256((A.GENESIS + json.dumps(body, sort_keys=True, separators=(",", ":"))).encode())
-    assert A._digest(A.GENESIS, row) == reference.hexdigest()
+    for at in (datetime(2026, 3, 1, 12, 0, 0, 250, tzinfo=UTC), datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+               datetime(2026, 3, 1, 12, 0, 0, 250), datetime(2026, 3, 1, 17, 30, tzinfo=timezone(timedelta(hours=5.5))),
+               datetime(2026, 3, 1, 12, 0, 30, tzinfo=timezone(timedelta(seconds=30))), "2026-03-01T12:00:00+00:00"):
+        row = {"at": at, "user_id": 7, "username": text, "role": None, "action": "patient:read",
+               "patient_uid": text, "source_ip": "10.0.0.1", "outcome": "success", "request_id": text[:64],
+               "detail": None}
+        body = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+        reference = hashlib.sha256((A.GENESIS + json.dumps(body, sort_keys=True, separators=(",", ":"))).encode())
+        assert A._digest(A.GENESIS, row) == reference.hexdigest()
+        assert A._digest(A.GENESIS, {**row, "seq": 1}) == reference.hexdigest()  # other keys are not hashed
 
 
 def test_audit_deleting_a_row_breaks_the_chain(store: Store) -> None:
