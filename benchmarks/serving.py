@@ -9,11 +9,16 @@ One run:
    a few ward patients so that the latest-risk GET has stored risks to return;
 2. starts `carecast serve --port P --workers 2` on that data dir (OMP_NUM_THREADS=1; the rate limit raised
    so that it never answers 429, the limiter itself still runs) and waits for /readyz;
-3. loads each endpoint at --connections keep-alive connections for --duration seconds (after a 1 s warm-up
-   that is not counted) with `wrk` when it is on the PATH, else with http.client in one thread per
-   connection, recording every request's latency: `/livez` (the ceiling: no auth, no database, no model),
+3. loads each endpoint at --connections keep-alive connections for --duration seconds in all, taken in
+   --rounds slices in turn with the others (the order rotated each round), after a 1 s warm-up of each that
+   is not counted, with `wrk` when it is on the PATH, else with http.client in one thread per connection
+   recording every request's latency: `/livez` (the ceiling: no auth, no database, no model),
    `POST /api/v1/predict` (auth, a real feature row of one patient, audit) and
-   `GET /api/v1/patients/<uid>/predictions` (auth, unit check, stored risks, audit);
+   `GET /api/v1/patients/<uid>/predictions` (auth, unit check, stored risks, audit). Why in turn: on a
+   shared machine the servers' pace drifts over a minute (seen here: the same endpoint 10-25% apart in
+   runs a minute apart), and an endpoint measured right after its reference met a different machine;
+   taken in turn, each meets the same drift. req/s is every request over every second; with wrk, which
+   gives percentiles per run only, p50 is the median of the rounds' and p99 the worst round's;
 4. reference: saves the same fitted champion (the registry's model.joblib) as an MLflow sklearn model in a
    separate venv (benchmarks/.venv-mlflow, from requirements/bench-mlflow.txt, created on first use),
    serves it with `mlflow models serve --env-manager local --workers 2` and loads its `/invocations` with
@@ -25,7 +30,8 @@ The load generator runs on the same machine as the servers and shares its cores 
 the CPU count says how many); with the Python client, one process drives every connection.
 Not measured here: new reading to updated risk under 200 readings/s.
 
-    python benchmarks/serving.py [--duration 10] [--connections 8] [--patients 300] [--days 8] [--skip-mlflow]
+    python benchmarks/serving.py [--duration 10] [--rounds 5] [--connections 8] [--patients 300] [--days 8]
+                                 [--skip-mlflow]
 """
 
 from __future__ import annotations
@@ -87,17 +93,38 @@ class Fixture:
 
 @dataclass(frozen=True)
 class Load:
-    latencies_ms: np.ndarray
+    """One endpoint's load: how many requests were answered in how many seconds, and their latencies: every
+    one (the Python client) or, from wrk, which reports percentiles only, its p50 and p99 (`reported`)."""
+
+    requests: int
     seconds: float
     errors: int
     first_error: str | None
+    latencies_ms: np.ndarray | None = None
+    reported: Mapping[float, float] | None = None  # percentile -> ms
 
     @property
     def rate(self) -> float:
-        return len(self.latencies_ms) / self.seconds
+        return self.requests / self.seconds
 
     def pct(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else math.nan
+        if self.latencies_ms is not None:
+            return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else math.nan
+        return float((self.reported or {}).get(q, math.nan))
+
+    @staticmethod
+    def combine(parts: list[Load]) -> Load:
+        """Several runs of one endpoint as one: every request over every second. With every latency, their
+        percentiles; from wrk's percentiles per run, p50 the median of the runs' and p99 the worst run's."""
+        requests = sum(p.requests for p in parts)
+        seconds = sum(p.seconds for p in parts)
+        errors = sum(p.errors for p in parts)
+        first_error = next((p.first_error for p in parts if p.first_error), None)
+        if all(p.latencies_ms is not None for p in parts):
+            every = np.concatenate([p.latencies_ms for p in parts if p.latencies_ms is not None])
+            return Load(requests, seconds, errors, first_error, latencies_ms=every)
+        return Load(requests, seconds, errors, first_error,
+                    reported={50: float(np.median([p.pct(50) for p in parts])), 99: max(p.pct(99) for p in parts)})
 
 
 # -- 1. the data dir ------------------------------------------------------------------------------------------
@@ -246,11 +273,45 @@ def connection_split(port: int) -> list[int]:
 # -- 3. load ------------------------------------------------------------------------------------------------
 
 def load(port: int, method: str, path: str, body: bytes | None, headers: Mapping[str, str], seconds: float,
-         connections: int) -> Load:
+         connections: int, *, warm_up: bool = True) -> Load:
     if shutil.which("wrk"):
-        return load_wrk(port, method, path, body, headers, seconds, connections)
-    load_python(port, method, path, body, headers, WARM_UP_S, connections)
+        return load_wrk(port, method, path, body, headers, seconds, connections, warm_up=warm_up)
+    if warm_up:
+        load_python(port, method, path, body, headers, WARM_UP_S, connections)
     return load_python(port, method, path, body, headers, seconds, connections)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    body: bytes | None
+    headers: Mapping[str, str]
+
+
+def interleaved(port: int, endpoints: Mapping[str, Endpoint], seconds: float, rounds: int, connections: int,
+                during: Mapping[str, Any] | None = None) -> dict[str, Load]:
+    """Each endpoint loaded for `seconds` in all, in `rounds` slices taken in turn (the order rotated every
+    round so that each endpoint takes each place), after one warm-up of each that is not counted. On a
+    shared machine the servers' pace drifts over a minute; taken in turn, an endpoint and its reference
+    meet the same drift. `during[name]`: called once, in a thread, while that endpoint's first slice runs."""
+    names = list(endpoints)
+    for name in names:
+        e = endpoints[name]
+        load(port, e.method, e.path, e.body, e.headers, WARM_UP_S, connections, warm_up=False)
+    slice_s = max(1.0, round(seconds / rounds))
+    parts: dict[str, list[Load]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            e = endpoints[name]
+            hook = (during or {}).get(name) if r == 0 else None
+            timer = threading.Timer(min(1.0, slice_s / 2), hook) if hook is not None else None
+            if timer is not None:
+                timer.start()
+            parts[name].append(load(port, e.method, e.path, e.body, e.headers, slice_s, connections, warm_up=False))
+            if timer is not None:
+                timer.join()
+    return {name: Load.combine(runs) for name, runs in parts.items()}
 
 
 def load_python(port: int, method: str, path: str, body: bytes | None, headers: Mapping[str, str],
@@ -294,7 +355,7 @@ def load_python(port: int, method: str, path: str, body: bytes | None, headers: 
         th.join()
     took = time.perf_counter() - t_start
     latencies = np.array([x for r in results for x in r]) * 1000.0
-    return Load(latencies, took, sum(errors), first_error[0] if first_error else None)
+    return Load(len(latencies), took, sum(errors), first_error[0] if first_error else None, latencies_ms=latencies)
 
 
 WRK_SCRIPT = """
@@ -310,8 +371,8 @@ end
 
 
 def load_wrk(port: int, method: str, path: str, body: bytes | None, headers: Mapping[str, str], seconds: float,
-             connections: int) -> Load:
-    """wrk gives percentiles, not each latency: the array holds p50 and p99 at the matching ranks."""
+             connections: int, *, warm_up: bool = True) -> Load:
+    """wrk reports percentiles, not each latency: the Load carries its p50 and p99."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(WRK_SCRIPT.format(method=method, body=json.dumps((body or b"").decode()),
                                    headers="\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}"
@@ -319,7 +380,8 @@ def load_wrk(port: int, method: str, path: str, body: bytes | None, headers: Map
     try:
         url = f"http://127.0.0.1:{port}{path}"
         base = ["wrk", "-t", str(min(connections, os.cpu_count() or 1)), "-c", str(connections), "-s", fh.name]
-        subprocess.run([*base, "-d", f"{WARM_UP_S:.0f}s", url], check=True, capture_output=True)
+        if warm_up:
+            subprocess.run([*base, "-d", f"{WARM_UP_S:.0f}s", url], check=True, capture_output=True)
         out = subprocess.run([*base, "-d", f"{seconds:.0f}s", url], check=True, capture_output=True, text=True).stdout
     finally:
         os.unlink(fh.name)
@@ -328,9 +390,7 @@ def load_wrk(port: int, method: str, path: str, body: bytes | None, headers: Map
         raise RuntimeError(f"unexpected wrk output:\n{out}")
     n, micros, p50, p99, errors = found.groups()
     ok = max(int(n) - int(errors), 0)
-    lat = np.full(ok, float(p50) / 1000.0)
-    lat[int(ok * 0.99):] = float(p99) / 1000.0
-    return Load(lat, int(micros) / 1e6, int(errors), None)
+    return Load(ok, int(micros) / 1e6, int(errors), None, reported={50: float(p50) / 1000.0, 99: float(p99) / 1000.0})
 
 
 # -- 4. MLflow ----------------------------------------------------------------------------------------------
@@ -386,7 +446,7 @@ def _request(port: int, method: str, path: str, body: bytes | None, headers: Map
 def line(name: str, result: Load) -> None:
     errors = f"  {result.errors} errors (first: {result.first_error})" if result.errors else ""
     print(f"{name:<40}{result.rate:>10,.0f}{result.pct(50):>10.2f}{result.pct(99):>10.2f}"
-          f"{len(result.latencies_ms):>10,}{errors}")
+          f"{result.requests:>10,}{errors}")
 
 
 def verdict(ok: bool) -> str:
@@ -395,7 +455,8 @@ def verdict(ok: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per endpoint")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per endpoint, in all")
+    parser.add_argument("--rounds", type=int, default=5, help="slices each endpoint's load is taken in, in turn")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--patients", type=int, default=300)
     parser.add_argument("--days", type=float, default=8.0)
@@ -416,22 +477,20 @@ def main() -> int:
         auth_read = {"Authorization": f"Bearer {fixture.read_token}"}
         read_path = f"/api/v1/patients/{fixture.read_uid}/predictions"
         client = "wrk" if shutil.which("wrk") else "Python http.client, one thread per connection"
-        print(f"load: {args.connections} keep-alive connections, {args.duration:g} s per endpoint after "
-              f"{WARM_UP_S:g} s warm-up; client: {client}; server: carecast serve --workers {WORKERS}")
-        results: dict[str, Load] = {}
+        print(f"load: {args.connections} keep-alive connections, {args.duration:g} s per endpoint in {args.rounds} "
+              f"interleaved rounds after {WARM_UP_S:g} s warm-up; client: {client}; server: carecast serve "
+              f"--workers {WORKERS}")
         cmd = [str(CARECAST), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(WORKERS)]
+        split: list[list[int]] = []
         with running(cmd, env, work / "carecast.log", "/readyz", port):
             print(f"predict answers {_request(port, 'POST', '/api/v1/predict', predict_body, auth_json)}")
             print(f"latest-risk GET answers {_request(port, 'GET', read_path, None, auth_read)}")
-            results["ceiling"] = load(port, "GET", "/livez", None, {}, args.duration, args.connections)
-            split: list[list[int]] = []
-            peek = threading.Timer(WARM_UP_S + min(2.0, args.duration / 2),
-                                   lambda: split.append(connection_split(port)))
-            peek.start()
-            results["predict"] = load(port, "POST", "/api/v1/predict", predict_body, auth_json, args.duration,
-                                      args.connections)
-            peek.join()
-            results["latest"] = load(port, "GET", read_path, None, auth_read, args.duration, args.connections)
+            results = interleaved(port, {
+                "ceiling": Endpoint("GET", "/livez", None, {}),
+                "predict": Endpoint("POST", "/api/v1/predict", predict_body, auth_json),
+                "latest": Endpoint("GET", read_path, None, auth_read),
+            }, args.duration, args.rounds, args.connections,
+                during={"predict": lambda: split.append(connection_split(port))})
 
         mlflow: Load | None = None
         if args.skip_mlflow:
