@@ -17,8 +17,9 @@ One run:
    `GET /api/v1/patients/<uid>/predictions` (auth, unit check, stored risks, audit). Why in turn: on a
    shared machine the servers' pace drifts over a minute (seen here: the same endpoint 10-25% apart in
    runs a minute apart), and an endpoint measured right after its reference met a different machine;
-   taken in turn, each meets the same drift. req/s is every request over every second; with wrk, which
-   gives percentiles per run only, p50 is the median of the rounds' and p99 the worst round's;
+   taken in turn, each meets the same drift. req/s is every request over every second, p50 and p99 those of
+   every request (wrk reports 17 percentiles and the max per run; the runs' distributions are mixed by their
+   requests);
 4. reference: saves the same fitted champion (the registry's model.joblib) as an MLflow sklearn model in a
    separate venv (benchmarks/.venv-mlflow, from requirements/bench-mlflow.txt, created on first use),
    serves it with `mlflow models serve --env-manager local --workers 2` and loads its `/invocations` with
@@ -110,12 +111,22 @@ class Load:
     def pct(self, q: float) -> float:
         if self.latencies_ms is not None:
             return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else math.nan
-        return float((self.reported or {}).get(q, math.nan))
+        if not self.reported:
+            return math.nan
+        qs = sorted(self.reported)
+        return float(np.interp(q, qs, [self.reported[k] for k in qs]))
+
+    def cdf(self, ms: np.ndarray) -> np.ndarray:
+        """The share of requests (0-100) answered within each latency, read off wrk's percentiles."""
+        qs = sorted(self.reported or {})
+        at = np.maximum.accumulate([(self.reported or {})[k] for k in qs])  # rising, whatever a run reported
+        return np.interp(ms, at, qs, left=0.0, right=100.0)
 
     @staticmethod
     def combine(parts: list[Load]) -> Load:
-        """Several runs of one endpoint as one: every request over every second. With every latency, their
-        percentiles; from wrk's percentiles per run, p50 the median of the runs' and p99 the worst run's."""
+        """Several runs of one endpoint as one: every request over every second, and the percentiles of all
+        their requests: exact with every latency; from wrk's percentiles per run, those of the runs'
+        distributions mixed in proportion to their requests (each run's read between its percentiles)."""
         requests = sum(p.requests for p in parts)
         seconds = sum(p.seconds for p in parts)
         errors = sum(p.errors for p in parts)
@@ -123,8 +134,12 @@ class Load:
         if all(p.latencies_ms is not None for p in parts):
             every = np.concatenate([p.latencies_ms for p in parts if p.latencies_ms is not None])
             return Load(requests, seconds, errors, first_error, latencies_ms=every)
+        grid = np.unique(np.concatenate([list((p.reported or {}).values()) for p in parts]))
+        mixed = sum(p.requests * p.cdf(grid) for p in parts) / max(requests, 1)
+        mixed = np.maximum.accumulate(mixed)  # monotone (it is, up to rounding)
+        qs = sorted({q for p in parts for q in (p.reported or {})})
         return Load(requests, seconds, errors, first_error,
-                    reported={50: float(np.median([p.pct(50) for p in parts])), 99: max(p.pct(99) for p in parts)})
+                    reported={q: float(np.interp(q, mixed, grid)) for q in qs})
 
 
 # -- 1. the data dir ------------------------------------------------------------------------------------------
@@ -363,11 +378,14 @@ wrk.method = "{method}"
 wrk.body = {body}
 {headers}
 done = function(summary, latency, requests)
-  io.write("BENCH " .. summary.requests .. " " .. summary.duration .. " " .. latency:percentile(50) .. " "
-           .. latency:percentile(99) .. " " .. (summary.errors.status + summary.errors.connect
-           + summary.errors.read + summary.errors.write + summary.errors.timeout) .. "\\n")
+  io.write("BENCH " .. summary.requests .. " " .. summary.duration .. " " .. (summary.errors.status
+           + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+  for _, p in ipairs({{{percentiles}}}) do io.write(" " .. p .. "=" .. latency:percentile(p)) end
+  io.write(" 100=" .. latency.max .. "\\n")  -- wrk's percentile(100) answers 0
 end
 """
+# The percentiles asked of each wrk run, from which runs are combined (Load.combine).
+WRK_PERCENTILES = (0.1, 1, 5, 10, 25, 50, 75, 90, 95, 97, 98, 98.5, 99, 99.25, 99.5, 99.75, 99.9)  # and the max
 
 
 def load_wrk(port: int, method: str, path: str, body: bytes | None, headers: Mapping[str, str], seconds: float,
@@ -375,6 +393,7 @@ def load_wrk(port: int, method: str, path: str, body: bytes | None, headers: Map
     """wrk reports percentiles, not each latency: the Load carries its p50 and p99."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(WRK_SCRIPT.format(method=method, body=json.dumps((body or b"").decode()),
+                                   percentiles=", ".join(f"{q:g}" for q in WRK_PERCENTILES),
                                    headers="\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}"
                                                      for k, v in headers.items())))
     try:
@@ -385,12 +404,12 @@ def load_wrk(port: int, method: str, path: str, body: bytes | None, headers: Map
         out = subprocess.run([*base, "-d", f"{seconds:.0f}s", url], check=True, capture_output=True, text=True).stdout
     finally:
         os.unlink(fh.name)
-    found = re.search(r"BENCH (\d+) (\d+) ([\d.]+) ([\d.]+) (\d+)", out)
+    found = re.search(r"BENCH (\d+) (\d+) (\d+)((?: [\d.]+=[\d.]+)+)", out)
     if not found:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
-    n, micros, p50, p99, errors = found.groups()
-    ok = max(int(n) - int(errors), 0)
-    return Load(ok, int(micros) / 1e6, int(errors), None, reported={50: float(p50) / 1000.0, 99: float(p99) / 1000.0})
+    n, micros, errors, table = found.groups()
+    reported = {float(q): float(us) / 1000.0 for q, us in (pair.split("=") for pair in table.split())}
+    return Load(max(int(n) - int(errors), 0), int(micros) / 1e6, int(errors), None, reported=reported)
 
 
 # -- 4. MLflow ----------------------------------------------------------------------------------------------

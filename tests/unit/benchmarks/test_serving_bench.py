@@ -16,8 +16,10 @@ if str(ROOT / "benchmarks") not in sys.path:
 bench: Any = importlib.import_module("serving")
 
 
-def wrk_like(n: int, seconds: float, p50: float, p99: float) -> Any:
-    return bench.Load(n, seconds, 0, None, reported={50: p50, 99: p99})
+def uniform(n: int, seconds: float, low: float, high: float) -> Any:
+    """A wrk run whose latencies spread evenly from low to high ms, as wrk's percentile table gives it."""
+    table = {q: low + (high - low) * q / 100 for q in (*bench.WRK_PERCENTILES, 100)}
+    return bench.Load(n, seconds, 0, None, reported=table)
 
 
 def test_runs_combine_into_every_request_over_every_second() -> None:
@@ -25,13 +27,16 @@ def test_runs_combine_into_every_request_over_every_second() -> None:
                                 bench.Load(1, 3.0, 0, None, latencies_ms=np.array([4.0]))])
     assert exact.rate == pytest.approx(1.0) and exact.errors == 1 and exact.first_error == "503"
     assert exact.pct(50) == pytest.approx(2.5)
-    assert wrk_like(20_000, 10.0, 3.0, 14.0).pct(99) == 14.0  # wrk's own figure, not one interpolated towards p50
-    # wrk's runs carry percentiles only: the median run's p50 and the worst run's p99
-    runs = [wrk_like(1000, 2.0, 1.0, 5.0), wrk_like(3000, 2.0, 2.0, 12.0), wrk_like(2000, 2.0, 3.0, 7.0)]
-    combined = bench.Load.combine(runs)
-    assert combined.rate == pytest.approx(6000 / 6.0)
-    assert combined.pct(50) == pytest.approx(2.0)
-    assert combined.pct(99) == 12.0
+    one = bench.Load(20_000, 10.0, 0, None, reported={50: 3.0, 99: 14.0, 100: 20.0})
+    assert one.pct(99) == 14.0  # wrk's own figure, not one drawn towards p50
+    # wrk's percentiles per run: the percentiles of all the runs' requests together. 1,000 requests in 0-10 ms
+    # and 3,000 in 10-20 ms: a quarter are under 10 ms, so the median is a third of the way into 10-20 ms.
+    combined = bench.Load.combine([uniform(1000, 2.0, 0.0, 10.0), uniform(3000, 2.0, 10.0, 20.0)])
+    assert combined.rate == pytest.approx(1000.0)
+    assert combined.pct(50) == pytest.approx(10.0 + 10.0 / 3, abs=0.01)
+    assert combined.pct(99) == pytest.approx(10.0 + 10.0 * (99 - 25) / 75, abs=0.01)
+    same = bench.Load.combine([uniform(500, 1.0, 2.0, 8.0), uniform(1500, 3.0, 2.0, 8.0)])
+    assert same.pct(99) == pytest.approx(uniform(1, 1.0, 2.0, 8.0).pct(99), abs=1e-9)
 
 
 def test_endpoints_are_loaded_in_turn_with_the_order_rotated(monkeypatch: pytest.MonkeyPatch) -> None:
