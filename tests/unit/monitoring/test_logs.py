@@ -129,8 +129,8 @@ def test_lean_records_skip_the_caller_lookup_and_write_the_same_line(logger: log
         handler, out = attach(logger)
         handler.addFilter(lambda record: seen.append(record) or True)
         logger.info("%s %s %d", "POST", "/api/v1/predict", 200, extra=context)
-        handler.flush()
         logger.removeHandler(handler)
+        handler.close()  # writes what it holds and ends its flusher thread
         entry = orjson.loads(out.getvalue())
         entry.pop("ts")
         return entry, seen[0]

@@ -217,11 +217,20 @@ def test_sqlite_appenders_of_one_host_take_turns(store: Store, backend: str, mon
         log.record(action="patient:read", outcome="success", username="waited")
         assert time.monotonic() - started > 0.3  # it waited for the other process to let go
     retries: list[float] = []
-    monkeypatch.setattr("carecast.security.audit.time.sleep", retries.append)  # a retry's pause
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # time.sleep itself is patched: other threads of the process sleep as usual
+        if threading.current_thread().name.startswith("appender-"):
+            retries.append(seconds)  # a retry's pause
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr("carecast.security.audit.time.sleep", sleep)
     others = [AuditLog(store.engine) for _ in range(3)]  # as if three processes
     threads = [threading.Thread(target=lambda lg=lg: [lg.record(action="patient:read", outcome="success",
-                                                                username="t") for _ in range(20)])
-               for lg in others]
+                                                                username="t") for _ in range(20)],
+                                name=f"appender-{i}")
+               for i, lg in enumerate(others)]
     for t in threads:
         t.start()
     for t in threads:
