@@ -651,6 +651,7 @@ class FastModel:
         self.numeric_names: tuple[str, ...] = prep.numeric_names
         self.categorical_names: tuple[str, ...] = prep.categorical_names
         self.feature_names: tuple[str, ...] = prep.feature_names
+        self.feature_set = frozenset(self.feature_names)  # for checking a row's names in one set operation
         self.kind: str = scorer.kind
         # The calibrated log-odds of a row whose every feature contributes nothing.
         self.base_value: float = self.slope * scorer.base_margin + self.intercept

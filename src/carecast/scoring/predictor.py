@@ -197,6 +197,10 @@ class Predictor:
         """The columns the champion of `task` reads (numeric first, then categorical)."""
         return self.model(task).fast.feature_names
 
+    def feature_set(self, task: str) -> frozenset[str]:
+        """The same columns as a set, made once per loaded model."""
+        return self.model(task).fast.feature_set
+
     # -- scoring ------------------------------------------------------------------------------------------
     def predict(self, task: str, features_row: Mapping[str, object] | pd.Series | pd.DataFrame, *,
                 alias: str = "champion", fill_missing: bool = False, top_k: int = TOP_FACTORS) -> ScoredRisk:

@@ -8,6 +8,7 @@ a refusal leaves exactly one "auth:denied" row instead. Patients are named by th
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import tempfile
 import uuid
@@ -452,24 +453,16 @@ def break_glass(uid: str) -> tuple[Response, int]:
 
 # -- scoring a feature payload ------------------------------------------------------------------------------------
 
-_feature_sets: dict[int, tuple[Any, frozenset[str]]] = {}
-
-
 def _known_features(task: str) -> frozenset[str]:
-    """The features the task's champion reads (the default spec's columns if the predictor does not say), as a
-    set made once per loaded model: its names are the same object for as long as the model is loaded."""
-    predictor = services().predictor
-    names = getattr(predictor, "feature_names", None)
+    """The features the task's champion reads (the default spec's columns if the predictor does not say)."""
+    names = getattr(services().predictor, "feature_set", None)
     found = names(task) if callable(names) else None
-    if not found:
-        found = default_spec().columns()
-    cached = _feature_sets.get(id(found))
-    if cached is None or cached[0] is not found:
-        if len(_feature_sets) > 64:  # models come and go over a long-lived process
-            _feature_sets.clear()
-        cached = (found, frozenset(found))
-        _feature_sets[id(found)] = cached
-    return cached[1]
+    return found or _default_features()
+
+
+@functools.cache
+def _default_features() -> frozenset[str]:
+    return frozenset(default_spec().columns())
 
 
 def _check_task(task: str) -> None:

@@ -27,6 +27,8 @@ def test_loads_the_champion(predictor: Predictor, models: TrainedModels) -> None
     assert predictor.versions("challenger") == {}
     card = predictor.model(TASK).card
     assert predictor.model(TASK).threshold == pytest.approx(card["threshold"]["threshold"])
+    names = predictor.feature_names(TASK)
+    assert predictor.feature_set(TASK) == frozenset(names) and len(names) == len(set(names)) > 0
 
 
 def test_predict_matches_the_pipeline(predictor: Predictor, models: TrainedModels) -> None:

@@ -69,8 +69,8 @@ class FakePredictor:
         self.refreshes += 1
         return False
 
-    def feature_names(self, task: str) -> tuple[str, ...]:
-        return self.features
+    def feature_set(self, task: str) -> frozenset[str]:
+        return frozenset(self.features)
 
     def predict(self, task: str, features_row: Mapping[str, Any], *, fill_missing: bool = False) -> FakeScored:
         hr = features_row.get("heart_rate_last_4h")
