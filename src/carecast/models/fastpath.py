@@ -399,14 +399,15 @@ class _LinearTerms:
         no per-value test for it."""
         get = row.get
         values = list(map(get, self.numeric_names))
-        if set(map(type, values)) <= _PLAIN_CELLS:
+        plain = set(map(type, values)) <= _PLAIN_CELLS
+        if plain:
             parts = [m if v is None else a * v + b for v, a, b, m in zip(values, self.a, self.b, self.m, strict=True)]
         else:
             parts = self._checked(values)
         for name, levels, unknown in self.categorical:
             parts.append(levels.get(_level(get(name)), unknown))
         total = _sum(parts)
-        if total - total != 0.0:  # a NaN or an infinity somewhere (or a sum that overflowed): value by value
+        if plain and total - total != 0.0:  # a NaN or an infinity among plain values: value by value
             parts = self._checked(values) + parts[len(values):]
             total = _sum(parts)
         return parts, total
