@@ -184,7 +184,7 @@ def _spool_line(row: dict[str, Any]) -> bytes:
 def _spooled_row(line: bytes) -> dict[str, Any]:
     """A row back from its spool line; ValueError if the line is not one `_spool_line` wrote."""
     data = orjson.loads(line)
-    if not isinstance(data, dict) or set(data) != set(_FIELDS) or not isinstance(data["at"], str):
+    if not isinstance(data, dict) or data.keys() != _FIELD_SET or not isinstance(data["at"], str):
         raise ValueError("not an audit row")
     at = datetime.fromisoformat(data["at"])
     if at.tzinfo is None:
@@ -257,7 +257,8 @@ def _spooled_data(fd: int, start: int) -> bytes:
     return data if end < 0 else data[:end]
 
 
-_sqlite_inserts: dict[int, tuple[Any, str, list[tuple[int, Any]]]] = {}
+# per SQLite dialect (one per engine): the compiled insert and the columns whose values need converting
+_sqlite_inserts: weakref.WeakKeyDictionary[Any, tuple[str, list[tuple[int, Any]]]] = weakref.WeakKeyDictionary()
 
 
 def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
@@ -269,18 +270,15 @@ def _insert(conn: Any, rows: list[dict[str, Any]]) -> None:
     if dialect.name != "sqlite":
         conn.execute(_APPEND, rows)
         return
-    found = _sqlite_inserts.get(id(dialect))
-    if found is None or found[0] is not dialect:
+    found = _sqlite_inserts.get(dialect)
+    if found is None:
         compiled = _APPEND.compile(dialect=dialect, column_keys=list(_COLUMNS))
         if compiled.positiontup != list(_COLUMNS):  # pragma: no cover (SQLite's qmark style is positional)
             raise RuntimeError("unexpected parameter order in the compiled audit insert")
         # each column's type as this dialect stores it (a DateTime's SQLite text form, not the generic type's)
         processors = [_TABLE.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in _COLUMNS]
-        found = (dialect, str(compiled), [(i, p) for i, p in enumerate(processors) if p is not None])
-        if len(_sqlite_inserts) >= 64:  # one per engine: a process that opens many (tests) starts afresh
-            _sqlite_inserts.clear()
-        _sqlite_inserts[id(dialect)] = found
-    _, sql, converting = found
+        found = _sqlite_inserts[dialect] = (str(compiled), [(i, p) for i, p in enumerate(processors) if p is not None])
+    sql, converting = found
     params: list[tuple[Any, ...]] = []
     for row in rows:
         values = list(map(row.__getitem__, _COLUMNS))
