@@ -20,12 +20,22 @@ pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="read
 SERVER = """
 import sys
 from flask import Flask
-from carecast.serving.wsgi import serve
+from carecast.serving.wsgi import BalancedThreadWorker, serve
+
+returned = [0]  # connections this worker's request threads handed back to its main thread
+_finish = BalancedThreadWorker.finish_request
+
+def counting(self, conn, fs):
+    returned[0] += 1
+    return _finish(self, conn, fs)
+
+BalancedThreadWorker.finish_request = counting
 
 def make():
     app = Flask("tiny")
     app.get("/")(lambda: "ok")
     app.add_url_rule("/frozen", "frozen", lambda: str(__import__("gc").get_freeze_count()))
+    app.add_url_rule("/returned", "returned", lambda: str(returned[0]))
     return app
 
 serve(port=int(sys.argv[1]), workers=2, app_factory=make)
@@ -130,6 +140,66 @@ def test_workers_freeze_what_they_loaded_out_of_the_collectors_way(server: tuple
             while chunk := s.recv(4096):
                 answer += chunk
         assert int(answer.rsplit(b"\r\n\r\n", 1)[1]) > 10_000  # flask, gunicorn and carecast's modules
+
+
+def _ask(s: socket.socket, path: str) -> bytes:
+    """One keep-alive request on `s`; the body of its answer."""
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+        chunk = s.recv(4096)
+        assert chunk, "the server closed the connection"
+        answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise AssertionError("no Content-Length")
+
+
+def test_a_request_thread_serves_its_connection_while_the_client_keeps_sending(
+        server: tuple[int, list[int]]) -> None:
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        before = int(_ask(s, "/returned"))
+        for _ in range(20):
+            assert _ask(s, "/") == b"ok"
+        # gunicorn's own worker hands the connection back to its main thread after every answer (21 here)
+        assert int(_ask(s, "/returned")) == before
+        for _ in range(2):  # a pause longer than the thread waits: back to the poller, still served
+            time.sleep(wsgi.LINGER_S * 3)
+            assert _ask(s, "/") == b"ok"
+        assert int(_ask(s, "/returned")) == before + 2
+
+
+class _Conn:
+    is_http2 = False
+
+
+class _Cfg:
+    threads = 16
+
+
+def test_a_thread_waits_on_its_connection_only_while_others_stay_free() -> None:
+    worker = _Worker(os.getpid())
+    worker.cfg = _Cfg()
+    worker._occupied = _Cfg.threads - wsgi.LINGER_RESERVE_THREADS
+    assert worker.may_linger(_Conn())
+    worker._occupied += 1
+    assert not worker.may_linger(_Conn())  # the reserve is kept for new connections and streams
+    worker._occupied = 1
+    h2 = _Conn()
+    h2.is_http2 = True
+    assert not worker.may_linger(h2)  # HTTP/2 multiplexes: gunicorn's own loop
+    worker.alive = False
+    assert not worker.may_linger(_Conn())  # stopping: gunicorn's path answers "Connection: close"
+    BalancedThreadWorker.release_slot(os.getpid())
 
 
 class _Worker(BalancedThreadWorker):
