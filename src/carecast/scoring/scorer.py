@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, Select, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from carecast.domain.frames import ClinicalFrames
@@ -35,6 +35,8 @@ from carecast.store.frames import load_frames
 
 NEWS2_PARAMETERS = 7  # respiration, SpO2, air or oxygen, systolic BP, pulse, consciousness, temperature
 _KEY = ("patient_id", "task", "model_version", "data_time")
+_ORDER_LOCK_KEY = 0x43435052  # "CCPR": the advisory lock that keeps predictions committed in id order (PostgreSQL)
+_ORDER_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,7 @@ def score_patient(store: Store, predictor: Predictor, patient_id: int, *, tasks:
         return []
     now = datetime.now(UTC)
     with store.engine.begin() as conn:
+        _in_id_order(conn)
         return [_store_one(conn, scored, scored.data_time, risk, now) for risk in scored.risks]
 
 
@@ -262,6 +265,7 @@ def score_patients(store: Store, predictor: Predictor, patient_ids: Sequence[int
                                   news2=_news2(row), risks=risks), t))
     now = datetime.now(UTC)
     with store.engine.begin() as conn:
+        _in_id_order(conn)
         for fs, t in scored:
             out[fs.patient_id] = [_store_one(conn, fs, t, risk, now) for risk in fs.risks]
     return out
@@ -275,6 +279,22 @@ def _latest_bedside_times(frames: ClinicalFrames) -> dict[int, datetime]:
     bedside = obs.loc[obs["source"].isin(BEDSIDE_SOURCES), ["patient_id", "effective_at"]]
     latest = bedside.groupby("patient_id", sort=False)["effective_at"].max()
     return {int(pid): when for pid, value in latest.items() if (when := _utc(value)) is not None}
+
+
+def _in_id_order(conn: Connection) -> None:
+    """Begin a transaction that stores predictions: on PostgreSQL, wait for any other such transaction to end.
+
+    Readers of live updates (each stream's catch-up, the `predictions` poller of `DatabaseBus`) take the rows
+    after the last id they have seen. PostgreSQL hands out ids when a row is inserted, not when it is
+    committed: a scoring worker whose transaction took ids 100-110 and committed after another's 111-120
+    left those rows behind every reader that had already read 111-120, and their clinicians never got those
+    updates. Holding this transaction-scoped lock from before the first insert to the commit makes the ids
+    committed in order, so "after the last id seen" misses nothing; only the storing is serialised, not the
+    reading and feature building before it. SQLite needs nothing: its one writer already commits in id
+    order. (Ids skipped by a duplicate's `ON CONFLICT DO NOTHING` are gaps that never fill, which readers
+    pass over.) Every transaction that inserts predictions calls this first."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_ORDER_LOCK, {"k": _ORDER_LOCK_KEY})
 
 
 def _insert_ignoring_duplicates(conn: Connection, values: dict[str, Any]) -> int | None:

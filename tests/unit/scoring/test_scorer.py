@@ -166,3 +166,35 @@ def test_a_batch_scores_each_patient_as_scoring_it_alone_would(hospital: Store, 
             == [(p.id, p.task, p.model_version, p.shadow, p.data_time, p.risk, p.news2, p.factors) for p in together]
     again = score_patients(hospital, predictor, pids)
     assert not any(p.created for found in again.values() for p in found)  # type: ignore[union-attr]
+
+
+def test_predictions_are_committed_in_id_order(hospital: Store, predictor: Predictor) -> None:
+    """Readers take the rows after the last id they saw, so a row may not become visible after a higher id:
+    a transaction storing predictions waits for another one to commit (PostgreSQL hands out ids at insert;
+    SQLite's one writer commits in order by itself)."""
+    import threading
+
+    from carecast.scoring.scorer import _in_id_order
+
+    first, second = patient_ids(hospital)[:2]
+    done = threading.Event()
+    stored: list[int] = []
+
+    def score_second() -> None:
+        stored.extend(p.id for p in score_patient(hospital, predictor, second))
+        done.set()
+
+    if hospital.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers itself")
+    with hospital.engine.begin() as conn:  # another scoring transaction, not yet committed
+        _in_id_order(conn)
+        conn.execute(S.table(S.Prediction).insert().values(
+            patient_id=first, encounter_id=None, task=TASK, model_version="held", risk=0.5, band="medium",
+            news2=None, factors="[]", data_time=pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime(),
+            computed_at=pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime(), shadow=False))
+        held = int(conn.execute(select(func.max(S.Prediction.id))).scalar_one())
+        thread = threading.Thread(target=score_second, daemon=True)
+        thread.start()
+        assert not done.wait(1.0), "a second transaction stored predictions while the first was open"
+    thread.join(30)
+    assert done.is_set() and stored and min(stored) > held
