@@ -8,7 +8,6 @@ a refusal leaves exactly one "auth:denied" row instead. Patients are named by th
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 import tempfile
 import uuid
@@ -25,7 +24,6 @@ from sqlalchemy import Engine
 from carecast.crypto import Keyring
 from carecast.domain.records import Rejection, UnitOfWork
 from carecast.errors import NotFoundError
-from carecast.features.spec import default_spec
 from carecast.ingest.dicom import decode_dicom
 from carecast.ingest.fhir import decode_bundle, decode_ndjson
 from carecast.ingest.wearable import decode_jsonl
@@ -454,15 +452,8 @@ def break_glass(uid: str) -> tuple[Response, int]:
 # -- scoring a feature payload ------------------------------------------------------------------------------------
 
 def _known_features(task: str) -> frozenset[str]:
-    """The features the task's champion reads (the default spec's columns if the predictor does not say)."""
-    names = getattr(services().predictor, "feature_set", None)
-    found = names(task) if callable(names) else None
-    return found or _default_features()
-
-
-@functools.cache
-def _default_features() -> frozenset[str]:
-    return frozenset(default_spec().columns())
+    """The features the task's champion reads."""
+    return services().predictor.feature_set(task)
 
 
 def _check_task(task: str) -> None:
