@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, Select, bindparam, func, select, text, update
+from sqlalchemy import Connection, Engine, Select, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from carecast.domain.frames import ClinicalFrames
@@ -31,12 +31,12 @@ from carecast.features.spec import FeatureSpec
 from carecast.scoring.predictor import Predictor, ScoredRisk
 from carecast.store import Store
 from carecast.store import schema as S
+from carecast.store.db import transaction_lock
 from carecast.store.frames import load_frames
 
 NEWS2_PARAMETERS = 7  # respiration, SpO2, air or oxygen, systolic BP, pulse, consciousness, temperature
 _KEY = ("patient_id", "task", "model_version", "data_time")
 _ORDER_LOCK_KEY = 0x43435052  # "CCPR": the advisory lock that keeps predictions committed in id order (PostgreSQL)
-_ORDER_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,8 +295,7 @@ def _in_id_order(conn: Connection) -> None:
     reading and feature building before it. SQLite needs nothing: its one writer already commits in id
     order. (Ids skipped by a duplicate's `ON CONFLICT DO NOTHING` are gaps that never fill, which readers
     pass over.) Every transaction that inserts predictions calls this first."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(_ORDER_LOCK, {"k": _ORDER_LOCK_KEY})
+    transaction_lock(conn, _ORDER_LOCK_KEY)
 
 
 def _insert_ignoring_duplicates(conn: Connection, values: dict[str, Any]) -> int | None:

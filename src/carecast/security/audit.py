@@ -42,12 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, bindparam, delete, insert, select, text, update
+from sqlalchemy import Engine, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from carecast.errors import StoreUnavailableError
 from carecast.security.permissions import Principal
 from carecast.store import schema as S
+from carecast.store.db import transaction_lock
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ _TABLE = S.table(S.AuditEvent)
 _COLUMNS = (*_FIELDS, "prev_hash", "hash", "seq")
 _HEAD = select(_TABLE.c.hash, _TABLE.c.seq).order_by(_TABLE.c.id.desc()).limit(1)
 _APPEND = insert(_TABLE)
-_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 _SPOOL = S.table(S.AuditSpool)
 _SPOOL_MOVE = update(_SPOOL).where(_SPOOL.c.name == bindparam("spool")).values(shipped=bindparam("upto"))
 _SPOOL_START = insert(_SPOOL).values(name=bindparam("spool"), shipped=bindparam("upto"))
@@ -592,9 +592,7 @@ class AuditLog:
         for attempt in range(100):
             try:
                 with self.engine.begin() as conn:
-                    if conn.dialect.name == "postgresql":
-                        # serialise appenders across processes and hosts for the length of this transaction
-                        conn.execute(_ADVISORY_LOCK, {"k": _LOCK_KEY})
+                    transaction_lock(conn, _LOCK_KEY)  # appenders of every process and host take turns
                     if rows:
                         head = conn.execute(_HEAD).first()
                         prev, seq = (head[0], int(head[1])) if head is not None else (GENESIS, 0)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.types import TypeDecorator
 
@@ -66,3 +66,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
+
+
+_XACT_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+
+
+def transaction_lock(conn: Connection, key: int) -> None:
+    """Serialise, across processes and hosts, the transactions that take the lock `key`: on PostgreSQL an
+    advisory lock held until this transaction ends; nothing on SQLite, whose one writer at a time already
+    serialises them."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_XACT_LOCK, {"k": key})
