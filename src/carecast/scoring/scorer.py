@@ -97,9 +97,7 @@ def current_encounter(encounters: pd.DataFrame, patient_id: int, t: datetime | N
     """The patient's encounter at time t: the latest admission not discharged by then, else the latest
     admission (started by t, when t is known). None when the patient has no encounter."""
     enc = encounters[encounters["patient_id"] == patient_id]
-    at = None if t is None else pd.Timestamp(t)
-    i = _pick_encounter(list(zip(map(_time_or_none, enc["admitted_at"]), map(_time_or_none, enc["discharged_at"]),
-                                 enc["encounter_id"], strict=True)), at)
+    i = _pick_encounter(_encounter_rows(enc).get(patient_id, []), None if t is None else pd.Timestamp(t))
     return None if i is None else enc.iloc[i]
 
 
@@ -145,8 +143,7 @@ def _moment(encounters: pd.DataFrame, patient_id: int, t: datetime | None
             ) -> tuple[int | None, str | None, datetime | None]:
     """What a patient is scored at: (encounter, its unit, data time). The data time is the latest bedside
     reading `t`, or the admission when nothing was measured yet; (None, None, t) without an encounter."""
-    mine = encounters[encounters["patient_id"] == patient_id]
-    return _moment_of(_encounter_rows(mine).get(patient_id, []), t)
+    return _moment_of(_encounter_rows(encounters[encounters["patient_id"] == patient_id]).get(patient_id, []), t)
 
 
 def _encounter_rows(encounters: pd.DataFrame) -> dict[int, list[EncounterRow]]:
