@@ -95,7 +95,8 @@ class Fixture:
 @dataclass(frozen=True)
 class Load:
     """One endpoint's load: how many requests were answered in how many seconds, and their latencies: every
-    one (the Python client) or, from wrk, which reports percentiles only, its p50 and p99 (`reported`)."""
+    one (the Python client) or, from wrk, which reports percentiles only, its table of WRK_PERCENTILES and
+    the max (`reported`)."""
 
     requests: int
     seconds: float
@@ -390,7 +391,7 @@ WRK_PERCENTILES = (0.1, 1, 5, 10, 25, 50, 75, 90, 95, 97, 98, 98.5, 99, 99.25, 9
 
 def load_wrk(port: int, method: str, path: str, body: bytes | None, headers: Mapping[str, str], seconds: float,
              connections: int, *, warm_up: bool = True) -> Load:
-    """wrk reports percentiles, not each latency: the Load carries its p50 and p99."""
+    """wrk reports percentiles, not each latency: the Load carries the WRK_PERCENTILES it reported and the max."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(WRK_SCRIPT.format(method=method, body=json.dumps((body or b"").decode()),
                                    percentiles=", ".join(f"{q:g}" for q in WRK_PERCENTILES),
