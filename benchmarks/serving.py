@@ -25,7 +25,10 @@ One run:
    serves it with `mlflow models serve --env-manager local --workers 2` and loads its `/invocations` with
    the same row (dataframe_split); if MLflow cannot be installed or served, says so and goes on;
 5. prints req/s, p50 and p99 of each, the ratios, and whether the issue's targets are met (predict >= 50%
-   of the ceiling's req/s, predict p99 <= 15 ms, predict >= 20x MLflow's req/s).
+   of the ceiling's req/s, predict p99 <= 15 ms, predict >= 20x MLflow's req/s); and predict's share of the
+   ceiling round by round (each round's predict slice over the ceiling slice loaded next to it), which shows
+   how far the whole run's share moves with the machine: a share a few points from the target is met in
+   some rounds and missed in others.
 
 The load generator runs on the same machine as the servers and shares its cores (the line printed with
 the CPU count says how many); with the Python client, one process drives every connection.
@@ -306,11 +309,12 @@ class Endpoint:
 
 
 def interleaved(port: int, endpoints: Mapping[str, Endpoint], seconds: float, rounds: int, connections: int,
-                during: Mapping[str, Any] | None = None) -> dict[str, Load]:
+                during: Mapping[str, Any] | None = None) -> dict[str, list[Load]]:
     """Each endpoint loaded for `seconds` in all, in `rounds` slices taken in turn (the order rotated every
-    round so that each endpoint takes each place), after one warm-up of each that is not counted. On a
-    shared machine the servers' pace drifts over a minute; taken in turn, an endpoint and its reference
-    meet the same drift. `during[name]`: called once, in a thread, while that endpoint's first slice runs."""
+    round so that each endpoint takes each place), after one warm-up of each that is not counted; each
+    endpoint's slices in round order (`Load.combine` makes them one figure). On a shared machine the
+    servers' pace drifts over a minute; taken in turn, an endpoint and its reference meet the same drift.
+    `during[name]`: called once, in a thread, while that endpoint's first slice runs."""
     names = list(endpoints)
     for name in names:
         e = endpoints[name]
@@ -327,7 +331,13 @@ def interleaved(port: int, endpoints: Mapping[str, Endpoint], seconds: float, ro
             parts[name].append(load(port, e.method, e.path, e.body, e.headers, slice_s, connections, warm_up=False))
             if timer is not None:
                 timer.join()
-    return {name: Load.combine(runs) for name, runs in parts.items()}
+    return parts
+
+
+def round_shares(runs: list[Load], reference: list[Load]) -> list[float]:
+    """Each round's req/s over the reference's in the same round (the two loaded within seconds of each other):
+    how far the ratio of the whole run moves from round to round on this machine."""
+    return [run.rate / ref.rate for run, ref in zip(runs, reference, strict=True)]
 
 
 def load_python(port: int, method: str, path: str, body: bytes | None, headers: Mapping[str, str],
@@ -505,12 +515,13 @@ def main() -> int:
         with running(cmd, env, work / "carecast.log", "/readyz", port):
             print(f"predict answers {_request(port, 'POST', '/api/v1/predict', predict_body, auth_json)}")
             print(f"latest-risk GET answers {_request(port, 'GET', read_path, None, auth_read)}")
-            results = interleaved(port, {
+            rounds = interleaved(port, {
                 "ceiling": Endpoint("GET", "/livez", None, {}),
                 "predict": Endpoint("POST", "/api/v1/predict", predict_body, auth_json),
                 "latest": Endpoint("GET", read_path, None, auth_read),
             }, args.duration, args.rounds, args.connections,
                 during={"predict": lambda: split.append(connection_split(port))})
+            results = {name: Load.combine(runs) for name, runs in rounds.items()}
 
         mlflow: Load | None = None
         if args.skip_mlflow:
@@ -536,6 +547,9 @@ def main() -> int:
         share = predict.rate / ceiling.rate
         print(f"predict / ceiling req/s:     {share:6.1%}   (target >= {TARGET_SHARE_OF_CEILING:.0%}: "
               f"{verdict(share >= TARGET_SHARE_OF_CEILING)})")
+        shares = round_shares(rounds["predict"], rounds["ceiling"])
+        print(f"  the same, round by round:  {', '.join(f'{r:.1%}' for r in shares)} "
+              f"({sum(r >= TARGET_SHARE_OF_CEILING for r in shares)} of {len(shares)} at the target or above)")
         print(f"latest-risk GET / ceiling:   {latest.rate / ceiling.rate:6.1%}")
         print(f"predict p99:                 {predict.pct(99):6.2f} ms (target <= {TARGET_P99_MS:g} ms: "
               f"{verdict(predict.pct(99) <= TARGET_P99_MS)})")

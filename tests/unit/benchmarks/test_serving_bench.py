@@ -55,4 +55,13 @@ def test_endpoints_are_loaded_in_turn_with_the_order_rotated(monkeypatch: pytest
     assert [c[0] for c in warm] == ["/a", "/b", "/c"]
     assert [c[0] for c in measured] == ["/a", "/b", "/c", "/b", "/c", "/a", "/c", "/a", "/b"]
     assert all(seconds == 2.0 for _, seconds, _ in measured) and not any(w for _, _, w in calls)
-    assert seen == ["b"] and {name: r.seconds for name, r in results.items()} == {"a": 6.0, "b": 6.0, "c": 6.0}
+    assert seen == ["b"] and {name: [r.seconds for r in runs] for name, runs in results.items()} == {
+        "a": [2.0, 2.0, 2.0], "b": [2.0, 2.0, 2.0], "c": [2.0, 2.0, 2.0]}
+
+
+def test_round_shares_pair_each_round_with_the_reference_of_the_same_round() -> None:
+    runs = [bench.Load(100, 1.0, 0, None), bench.Load(300, 2.0, 0, None)]
+    reference = [bench.Load(400, 1.0, 0, None), bench.Load(200, 1.0, 0, None)]
+    assert bench.round_shares(runs, reference) == [pytest.approx(0.25), pytest.approx(0.75)]
+    with pytest.raises(ValueError):  # a round without its reference is an error, not a silently shorter list
+        bench.round_shares(runs, reference[:1])
