@@ -68,7 +68,7 @@ bench-training: $(STAMP) ## Training time at ~100,000 predictions, end to end (s
 	$(BIN)/python benchmarks/training.py
 
 .PHONY: bench-serving
-bench-serving: $(STAMP) wrk ## Serving req/s, p50/p99: ceiling, predict, latest-risk GET, MLflow reference (~1.5 min)
+bench-serving: $(STAMP) wrk ## Serving req/s, p50/p99: ceiling, predict, latest-risk GET, MLflow reference (~2 min)
 	$(BIN)/python benchmarks/serving.py
 
 .PHONY: wrk
