@@ -15,12 +15,14 @@ import time
 from flask import Blueprint, Flask, Response, current_app, g, request
 
 from carecast.monitoring import metrics
+from carecast.monitoring.logs import DirectLog
 from carecast.security.permissions import Permission
 from carecast.serving.auth import requires
 from carecast.serving.context import services
 from carecast.serving.stream import hub_of
 
 log = logging.getLogger("carecast.access")
+access_log = DirectLog(log)  # one line per request, straight to the JSON log when that is where it goes
 bp = Blueprint("metrics", __name__)
 _QUIET_ROUTES = frozenset({"/livez", "/readyz", "/metrics"})
 
@@ -40,7 +42,7 @@ def _after(response: Response) -> Response:
     level = logging.DEBUG if route in _QUIET_ROUTES else logging.INFO
     if log.isEnabledFor(level):
         who = g.get("principal")
-        log.log(level, "%s %s %d", request.method, route, response.status_code, extra={
+        access_log.log(level, "%s %s %d", request.method, route, response.status_code, extra={
             "request_id": g.get("request_id"), "user_id": getattr(who, "user_id", None),
             "role": getattr(who, "role", None), "route": route, "method": request.method,
             "status": response.status_code, "latency_ms": round(seconds * 1000.0, 2)})

@@ -5,16 +5,18 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import orjson
 import pytest
 
-from carecast.monitoring.logs import BufferedStreamHandler, JsonFormatter, configure_logging, lean_records
+from carecast.monitoring.logs import BufferedStreamHandler, DirectLog, JsonFormatter, configure_logging, lean_records
 
 
 @pytest.fixture()
@@ -26,6 +28,7 @@ def logger() -> Iterator[logging.Logger]:
     for handler in list(lg.handlers):
         lg.removeHandler(handler)
         handler.close()
+    lg.filters.clear()
 
 
 def attach(lg: logging.Logger, **options: float) -> tuple[BufferedStreamHandler, io.StringIO]:
@@ -84,6 +87,76 @@ def test_concurrent_threads_lose_and_repeat_no_line(logger: logging.Logger) -> N
     for n in range(4):  # each thread's lines in its own order
         mine = [m for m in written if m.startswith(f"t{n}-")]
         assert mine == [f"t{n}-{i}" for i in range(300)]
+
+
+def alone(logger: logging.Logger) -> None:
+    """The logger without the handlers pytest's log capture puts on it (pytest's own teardown removing them
+    finds them gone, harmlessly), so that the one attached next is its only one."""
+    logger.handlers = []
+
+
+CONTEXT = {"request_id": "r-1", "user_id": 3, "role": "clinician", "route": "/api/v1/predict", "method": "POST",
+           "status": 200, "latency_ms": 1.25, "error_id": None}
+
+
+def test_a_direct_line_is_the_line_the_logging_module_writes(logger: logging.Logger,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    alone(logger)
+    handler, out = attach(logger, interval_s=3600.0)
+    direct = DirectLog(logger)
+    assert direct.sole_handler() is handler
+    logger.info("%s %s %d", "POST", "/api/v1/predict", 200, extra=CONTEXT)  # through the logging module
+    handed: list[logging.LogRecord] = []
+    monkeypatch.setattr(logger, "handle", handed.append)
+    direct.log(logging.INFO, "%s %s %d", "POST", "/api/v1/predict", 200, extra=CONTEXT)
+    assert handed == []  # no record was made: the line went straight to the handler
+    assert out.getvalue() == ""  # an INFO line waits for the flusher, as any other
+    handler.flush()
+    through, straight = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", straight["ts"])
+    assert abs(datetime.fromisoformat(straight["ts"]).timestamp() - time.time()) < 60
+    through.pop("ts")
+    straight.pop("ts")
+    assert list(straight.items()) == list(through.items())  # the same keys, in the same order
+    assert straight["msg"] == "POST /api/v1/predict 200" and "error_id" not in straight
+
+
+def test_a_direct_line_goes_through_the_logger_when_anything_else_could_see_it(logger: logging.Logger) -> None:
+    alone(logger)
+    handler, out = attach(logger, interval_s=3600.0)
+    direct = DirectLog(logger)
+    seen: list[logging.LogRecord] = []
+    handler.addFilter(lambda record: seen.append(record) or True)  # a filter on the handler
+    assert direct.sole_handler() is None
+    direct.log(logging.INFO, "one", extra=CONTEXT)
+    assert [r.getMessage() for r in seen] == ["one"]
+    handler.filters.clear()
+
+    captured: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = captured.append  # type: ignore[method-assign]
+    logger.addHandler(other)  # a second handler (a test's capture, an operator's own)
+    assert direct.sole_handler() is None
+    direct.log(logging.INFO, "two", extra=CONTEXT)
+    assert [r.getMessage() for r in captured] == ["two"] and captured[0].__dict__["route"] == "/api/v1/predict"
+    logger.removeHandler(other)
+
+    logger.addFilter(lambda record: record.getMessage() != "three")  # a filter on the logger drops this one
+    direct.log(logging.INFO, "three", extra=CONTEXT)
+    handler.flush()
+    assert messages(out) == ["one", "two"]
+
+
+def test_a_direct_line_respects_levels_and_writes_warnings_at_once(logger: logging.Logger) -> None:
+    alone(logger)
+    handler, out = attach(logger, interval_s=3600.0)
+    direct = DirectLog(logger)
+    direct.log(logging.DEBUG, "below the logger's level", extra=CONTEXT)
+    handler.setLevel(logging.WARNING)
+    direct.log(logging.INFO, "below the handler's level", extra=CONTEXT)
+    assert out.getvalue() == ""
+    direct.log(logging.WARNING, "slow", extra=CONTEXT)
+    assert messages(out) == ["slow"]  # written at once, like any warning
 
 
 EXITING = """
