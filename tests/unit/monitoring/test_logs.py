@@ -90,8 +90,8 @@ def test_concurrent_threads_lose_and_repeat_no_line(logger: logging.Logger) -> N
 
 
 def alone(logger: logging.Logger) -> None:
-    """The logger without the handlers pytest's log capture puts on it (pytest's own teardown removing them
-    finds them gone, harmlessly), so that the one attached next is its only one."""
+    """The logger without the log-capture handlers (pytest's LogCaptureHandler) found on it in a test run (their
+    removal at teardown then finds them gone, harmlessly), so that the one attached next is its only one."""
     logger.handlers = []
 
 
