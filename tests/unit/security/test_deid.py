@@ -20,6 +20,10 @@ ident = st.text(alphabet=st.characters(min_codepoint=48, max_codepoint=122), min
     lambda text: f"ID#{text}")
 moments = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC))
 births = st.dates(min_value=datetime(1900, 1, 1).date(), max_value=datetime(2020, 1, 1).date())
+# Births ending years before the first event, so that no event date, moved by at most a year in "shift" mode,
+# can spell one: a birth date found in the output is then the birth date itself (a shifted admission once
+# landed on a drawn birth date and failed the leak check by coincidence).
+births_before_events = st.dates(min_value=datetime(1900, 1, 1).date(), max_value=datetime(1985, 12, 31).date())
 
 
 def _frames(pids: list[int], birth: list[str], times: list[datetime], secrets_: list[str]) -> dict[str, pd.DataFrame]:
@@ -47,7 +51,7 @@ def test_random_identifiers_never_survive(data: st.DataObject, n: int, mode: str
     pids = data.draw(st.lists(st.integers(1, 10**9), min_size=n, max_size=n, unique=True))
     secrets_ = data.draw(st.lists(ident, min_size=n, max_size=n))
     times = data.draw(st.lists(moments, min_size=n, max_size=3 * n))
-    birth = [b.isoformat() for b in data.draw(st.lists(births, min_size=n, max_size=n))]
+    birth = [b.isoformat() for b in data.draw(st.lists(births_before_events, min_size=n, max_size=n))]
     out = _dump(deidentify(_frames(pids, birth, times, secrets_), dates=mode, as_of=AS_OF))
     for secret in secrets_:
         assert secret not in out
